@@ -1,0 +1,96 @@
+"""Shared by the console entry points: one-line errors and a pre-flight check of Hydra overrides.
+
+Hydra reports a bad group option as a multi-line message, and an exception in
+the task as a traceback. ``preflight`` composes every job's config the way
+Hydra will, before anything is launched, and turns composition errors into a
+single ``error:`` line; ``fail`` prints such a line and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from omegaconf import DictConfig
+
+from aevb.errors import AevbError, ConfigError, require
+
+CONF_DIR = Path(os.environ.get("AEVB_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+EXIT_USER_ERROR = 2
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def condense(text: str) -> str:
+    """Turn Hydra's multi-line composition error into one line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    m = re.search(r"Could not find '([^']+)'", text)
+    options = re.search(r"Available options in '([^']+)':\n((?:\t.*\n?)+)", text)
+    if m and options:
+        group, name = m.group(1).rsplit("/", 1) if "/" in m.group(1) else ("", m.group(1))
+        choices = ", ".join(o.strip() for o in options.group(2).splitlines() if o.strip())
+        return f"unknown option '{name}' for config group '{group}' (choose from: {choices})"
+    if m:
+        return f"config '{m.group(1)}' not found"
+    keep = [ln for ln in lines if not ln.startswith(("Config search path", "provider=", "Set the environment", "To append"))]
+    return " ".join(keep[:3]) if keep else text.strip()
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Checks that need no data: fail before any work with the config key in the message."""
+    if "data" not in cfg or "_target_" not in cfg.data:
+        raise ConfigError("no dataset selected (use data=mnist or data=frey_face)")
+    latent = cfg.model.get("latent_dim")
+    require(isinstance(latent, int) and not isinstance(latent, bool) and latent > 0,
+            f"model.latent_dim must be a positive integer, got {latent}")
+    for side in ("encoder", "decoder"):
+        for key, value in cfg.net[side].items():
+            if key.endswith(("_dim", "_channels")) and isinstance(value, int):
+                require(value > 0, f"net.{side}.{key} must be a positive integer, got {value}")
+    if cfg.get("max_samples") is not None:
+        require(int(cfg.max_samples) > 0, f"max_samples must be > 0, got {cfg.max_samples}")
+
+
+VALUE_FLAGS = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg", "-p", "--package"}
+
+
+def preflight(argv: list[str], config_name: str = "train") -> None:
+    """Compose the config of every job ``argv`` describes; raise ConfigError with one line if any fails."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides, multirun, skip = [], False, False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in VALUE_FLAGS:
+            if arg in ("-cn", "--config-name") and i + 1 < len(argv):
+                config_name = argv[i + 1]
+            skip = True
+        elif arg.startswith("-"):
+            return  # --help, --info, ...: Hydra's own business
+        else:
+            overrides.append(arg)
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        if not multirun and any(o.is_sweep_override() for o in parsed):
+            raise ConfigError("sweep values (a,b,...) need --multirun (-m)")
+        jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="preflight"):
+            for job in jobs:
+                check_values(compose(config_name, overrides=job))
+    except AevbError:
+        raise
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(condense(str(exc))) from None

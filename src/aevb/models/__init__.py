@@ -1,0 +1,6 @@
+"""LightningModules: AEVB (and, sharing its evaluation, other training methods)."""
+
+from aevb.models.aevb import AEVB
+from aevb.models.base import VAEModuleBase
+
+__all__ = ["AEVB", "VAEModuleBase"]

@@ -1,0 +1,24 @@
+"""AEVB (Algorithm 1): stochastic gradient ascent on the SGVB estimate of the ELBO."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from aevb.models.base import VAEModuleBase
+
+
+class AEVB(VAEModuleBase):
+    """The loss is exactly -(recon - beta * KL) per datapoint, averaged over the minibatch,
+    plus the weight-prior term; beta = 1 (the default) makes it -ELBO, the paper's objective.
+    """
+
+    def __init__(self, *args, beta: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.beta = float(beta)
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+        terms = self.elbo_terms(x)
+        loss = -terms.objective(self.beta).mean() + self.weight_prior_term()
+        self.record("train", terms)
+        self.count_samples(x.shape[0])
+        return loss

@@ -1,0 +1,43 @@
+"""The paper's MLP (Appendix C): one tanh hidden layer in encoder and decoder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from aevb.likelihoods import Likelihood
+from aevb.nets.base import Decoder, Encoder, require_positive
+
+
+class MLPEncoder(Encoder):
+    """h = tanh(W1 x + b1); mu = W2 h + b2; log sigma^2 = W3 h + b3."""
+
+    def __init__(self, data_shape: Sequence[int], latent_dim: int, hidden_dim: int = 500):
+        super().__init__(data_shape, latent_dim)
+        require_positive("net.encoder.hidden_dim", hidden_dim)
+        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(self.data_shape), hidden_dim), nn.Tanh())
+        self.mean = nn.Linear(hidden_dim, latent_dim)
+        self.logvar = nn.Linear(hidden_dim, latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.hidden(x)
+        return self.mean(h), self.logvar(h)
+
+
+class MLPDecoder(Decoder):
+    """h = tanh(W4 z + b4); raw likelihood parameters = W5 h + b5 (and W6 h + b6 for a Gaussian)."""
+
+    def __init__(self, data_shape: Sequence[int], latent_dim: int, likelihood: Likelihood, hidden_dim: int = 500):
+        super().__init__(data_shape, latent_dim, likelihood)
+        require_positive("net.decoder.hidden_dim", hidden_dim)
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(latent_dim, hidden_dim),
+            nn.Tanh(),
+            nn.Linear(hidden_dim, likelihood.n_params * math.prod(self.data_shape)),
+        )
+
+    def raw(self, z: Tensor) -> Tensor:
+        return self.net(z).unflatten(1, (self.likelihood.n_params, *self.data_shape))

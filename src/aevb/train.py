@@ -1,0 +1,179 @@
+"""aevb-train: compose the config, build data + networks + model, train, evaluate, write summary.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from aevb.cli import CONF_DIR, check_values, fail, preflight
+from aevb.errors import AevbError
+from aevb.wandb_mode import register_resolver
+
+PROG = "aevb-train"
+UNITS = "nats per datapoint"
+FINAL_SPLITS = (("train", "train_eval"), ("val", "val"), ("test", "test"))
+
+
+def build(cfg: DictConfig, data_module=None):
+    """Instantiate (datamodule, model) from a composed config; shapes come from the data."""
+    from hydra.utils import instantiate
+
+    from aevb.likelihoods import make_likelihood
+
+    dm = data_module if data_module is not None else instantiate(cfg.data)
+    dm.setup()
+    likelihood = make_likelihood(cfg.data.likelihood)
+    shape, latent = dm.data_shape, cfg.model.latent_dim
+    encoder = instantiate(cfg.net.encoder, data_shape=shape, latent_dim=latent)
+    decoder = instantiate(cfg.net.decoder, data_shape=shape, latent_dim=latent, likelihood=likelihood)
+    model = instantiate(cfg.model, encoder=encoder, decoder=decoder, n_train=dm.n_train)
+    return dm, model
+
+
+def final_evaluation(trainer, model, dm) -> dict:
+    """ELBO of the final model on a fixed train subset, val and test, in nats per datapoint."""
+    out: dict = {}
+    for prefix, split in FINAL_SPLITS:
+        model.eval_split = split
+        res = trainer.test(model, dataloaders=dm.eval_dataloader(split), verbose=False)[0]
+        for term in ("elbo", "recon", "kl"):
+            out[f"{prefix}/{term}"] = float(res[f"{prefix}/{term}"])
+        out[f"{prefix}/n_datapoints"] = dm.split_size(split)
+    model.eval_split = "test"
+    return out
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def print_report(summary: dict) -> None:
+    print(f"\nFinal ELBO ({UNITS}; {summary['dataset']}, N_z = {summary['latent_dim']},"
+          f" after {summary['samples_seen']:,} training samples evaluated):")
+    for prefix, label in (("train", "train (fixed subset)"), ("val", "val"), ("test", "test")):
+        print(f"  {label:<22} ELBO {summary[prefix + '/elbo']:10.2f}   reconstruction {summary[prefix + '/recon']:10.2f}"
+              f"   KL {summary[prefix + '/kl']:8.2f}   ({summary[prefix + '/n_datapoints']:,} datapoints)")
+    print(f"test ELBO: {summary['test/elbo']:.2f} {UNITS} ({summary['dataset']} test split,"
+          f" {summary['test/n_datapoints']:,} datapoints)", flush=True)
+
+
+def run(cfg: DictConfig) -> dict:
+    """One training run; returns the summary that is also written to summary.json."""
+    import lightning as L
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from aevb.nets.base import count_parameters
+
+    check_values(cfg)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    started = time.time()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm, model = build(cfg)
+    print(f"parameters: encoder {type(model.encoder).__name__} {count_parameters(model.encoder):,},"
+          f" decoder {type(model.decoder).__name__} {count_parameters(model.decoder):,}", flush=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
+    model.run_config = resolved
+
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    extra = {}
+    if cfg.get("max_samples"):
+        per_step = dm.batch_size * _world_size(cfg.trainer)
+        extra = {"max_steps": math.ceil(int(cfg.max_samples) / per_step), "max_epochs": -1}
+        print(f"budget: {int(cfg.max_samples):,} training samples = {extra['max_steps']:,} steps of {per_step}", flush=True)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                          enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
+                          enable_progress_bar=any("ProgressBar" in type(c).__name__ for c in callbacks), **extra)
+    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+
+    summary = final_evaluation(trainer, model, dm)
+    summary.update({
+        "samples_seen": int(model.samples_seen),
+        "units": UNITS,
+        "dataset": dm.name,
+        "latent_dim": int(cfg.model.latent_dim),
+        "model": type(model).__name__,
+        "global_step": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "wall_time_s": round(time.time() - started, 1),
+        "train_subset_note": "train/* is the final model on a fixed subset of the training split",
+    })
+    if trainer.is_global_zero:
+        write_json_atomic(out_dir / "summary.json", summary)
+        print_report(summary)
+        _wandb_hint(loggers)
+    return summary
+
+
+def _world_size(trainer_cfg: DictConfig) -> int:
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, int) and devices > 0:
+        return devices * int(trainer_cfg.get("num_nodes", 1))
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices) * int(trainer_cfg.get("num_nodes", 1))
+    return 1
+
+
+def _wandb_hint(loggers) -> None:
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_offline", False):
+            run_dir = Path(lg.experiment.dir).parent
+            lg.experiment.finish()
+            print(f"wandb: offline run saved in {run_dir}; upload it with `wandb sync {run_dir}`", flush=True)
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        summary = run(cfg)
+    except AevbError as exc:
+        if not _is_multirun():
+            fail(PROG, str(exc))
+        _record_failure(exc)
+        return None
+    except Exception as exc:  # in a sweep, one job's crash must not lose the others' results
+        if not _is_multirun():
+            raise
+        _record_failure(exc)
+        return None
+    return summary["val/elbo"]
+
+
+def _record_failure(exc: Exception) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    write_json_atomic(out_dir / "failed.json", {"status": "failed", "error": message})
+    print(f"{PROG}: error: job {HydraConfig.get().job.num} failed: {message}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    register_resolver()
+    try:
+        preflight(sys.argv[1:])
+    except AevbError as exc:
+        fail(PROG, str(exc))
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
