@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -25,3 +27,78 @@ class EpochReport(L.Callback):
             f" | val ELBO {float(val):9.2f} nats/datapoint ({n_val:,} val images){train_txt}",
             flush=True,
         )
+
+
+class ElboCurve(L.Callback):
+    """Figure 2's curves: train-subset and test ELBO at log-spaced numbers of training samples evaluated.
+
+    Grid points are ``start * 10**(i / points_per_decade)``; when ``samples_seen``
+    first reaches one, the model is evaluated (eval mode, no gradient) and a row is
+    appended to ``<run dir>/curve.csv`` and sent to the loggers. The grid is a
+    function of samples_seen alone, so a resumed run continues the same curve.
+    Evaluation runs on rank zero only and touches no collective, so DDP ranks
+    simply wait at their next step.
+    """
+
+    HEADER = "samples_seen,train_elbo,test_elbo,train_n,test_n\n"
+
+    def __init__(self, points_per_decade: int = 4, start: int = 10_000, filename: str = "curve.csv"):
+        from aevb.errors import require
+
+        require(points_per_decade > 0 and start > 0, "callbacks.elbo_curve: points_per_decade and start must be > 0")
+        self.points_per_decade, self.start, self.filename = points_per_decade, start, filename
+        self.last_evaluated = -1
+
+    def grid_point(self, i: int) -> int:
+        return round(self.start * 10 ** (i / self.points_per_decade))
+
+    def next_point(self, samples_seen: int) -> int:
+        i = 0
+        while self.grid_point(i) <= samples_seen:
+            i += 1
+        return self.grid_point(i)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._next = self.next_point(pl_module.samples_seen)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.samples_seen >= self._next:
+            self.evaluate(trainer, pl_module)
+            self._next = self.next_point(pl_module.samples_seen)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.samples_seen != self.last_evaluated:
+            self.evaluate(trainer, pl_module)
+
+    @staticmethod
+    def mean_elbo(pl_module, loader) -> tuple[float, int]:
+        import torch
+
+        total, n = torch.zeros((), dtype=torch.float64, device=pl_module.device), 0
+        for x in loader:
+            x = x.to(pl_module.device)
+            total += pl_module.elbo_terms(x).elbo.double().sum()
+            n += len(x)
+        return float(total) / n, n  # one host sync per evaluation, not per step
+
+    @rank_zero_only
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import torch
+
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            train, n_train = self.mean_elbo(pl_module, trainer.datamodule.eval_dataloader("train_eval"))
+            test, n_test = self.mean_elbo(pl_module, trainer.datamodule.eval_dataloader("test"))
+        pl_module.train(was_training)
+        seen = int(pl_module.samples_seen)
+        self.last_evaluated = seen
+        path = Path(trainer.default_root_dir) / self.filename
+        new = not path.exists()
+        with path.open("a") as f:
+            if new:
+                f.write(self.HEADER)
+            f.write(f"{seen},{train:.4f},{test:.4f},{n_train},{n_test}\n")
+        for logger in trainer.loggers:
+            logger.log_metrics({"curve/train_elbo": train, "curve/test_elbo": test, "samples_seen": seen},
+                               step=trainer.global_step)

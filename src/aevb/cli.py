@@ -27,8 +27,23 @@ def fail(prog: str, message: str) -> NoReturn:
     sys.exit(EXIT_USER_ERROR)
 
 
-def condense(text: str) -> str:
-    """Turn Hydra's multi-line composition error into one line."""
+def find_user_error(exc: BaseException) -> AevbError | None:
+    """The AevbError behind ``exc``, if any (Hydra's instantiate wraps exceptions in its own)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, AevbError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def condense(text: str, cause: str = "") -> str:
+    """Turn Hydra's multi-line composition error (and its cause) into one line."""
+    unknown_key = re.search(r"Could not override '([^']+)'", text)
+    if unknown_key and "not in struct" in cause:
+        key = unknown_key.group(1)
+        return f"unknown config key '{key}' (to add a new key on purpose, write +{key}=...)"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     m = re.search(r"Could not find '([^']+)'", text)
     options = re.search(r"Available options in '([^']+)':\n((?:\t.*\n?)+)", text)
@@ -39,6 +54,7 @@ def condense(text: str) -> str:
     if m:
         return f"config '{m.group(1)}' not found"
     keep = [ln for ln in lines if not ln.startswith(("Config search path", "provider=", "Set the environment", "To append"))]
+    keep += [ln.strip() for ln in cause.splitlines()[:1] if ln.strip()]
     return " ".join(keep[:3]) if keep else text.strip()
 
 
@@ -93,4 +109,4 @@ def preflight(argv: list[str], config_name: str = "train") -> None:
     except AevbError:
         raise
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(condense(str(exc))) from None
+        raise ConfigError(condense(str(exc), str(exc.__cause__ or ""))) from None

@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from aevb.cli import CONF_DIR, check_values, fail, preflight
+from aevb.cli import CONF_DIR, check_values, fail, find_user_error, preflight
 from aevb.errors import AevbError
 from aevb.wandb_mode import register_resolver
 
@@ -29,11 +29,12 @@ def build(cfg: DictConfig, data_module=None):
 
     dm = data_module if data_module is not None else instantiate(cfg.data)
     dm.setup()
+    shape, n_train = dm.data_shape, dm.n_train
     likelihood = make_likelihood(cfg.data.likelihood)
-    shape, latent = dm.data_shape, cfg.model.latent_dim
+    latent = cfg.model.latent_dim
     encoder = instantiate(cfg.net.encoder, data_shape=shape, latent_dim=latent)
     decoder = instantiate(cfg.net.decoder, data_shape=shape, latent_dim=latent, likelihood=likelihood)
-    model = instantiate(cfg.model, encoder=encoder, decoder=decoder, n_train=dm.n_train)
+    model = instantiate(cfg.model, encoder=encoder, decoder=decoder, n_train=n_train)
     return dm, model
 
 
@@ -82,6 +83,7 @@ def run(cfg: DictConfig) -> dict:
     print(f"parameters: encoder {type(model.encoder).__name__} {count_parameters(model.encoder):,},"
           f" decoder {type(model.decoder).__name__} {count_parameters(model.decoder):,}", flush=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["data"]["mirror"] = str(dm.mirror_used) if dm.mirror_used else None  # where the data really came from
     (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
     model.run_config = resolved
 
@@ -96,6 +98,9 @@ def run(cfg: DictConfig) -> dict:
                           enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
                           enable_progress_bar=any("ProgressBar" in type(c).__name__ for c in callbacks), **extra)
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    if trainer.checkpoint_callback is not None:
+        # ModelCheckpoint saves at validation; the model the summary describes is the one after fit
+        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
 
     summary = final_evaluation(trainer, model, dm)
     summary.update({
@@ -144,15 +149,13 @@ def _is_multirun() -> bool:
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         summary = run(cfg)
-    except AevbError as exc:
-        if not _is_multirun():
-            fail(PROG, str(exc))
-        _record_failure(exc)
-        return None
     except Exception as exc:  # in a sweep, one job's crash must not lose the others' results
+        user_error = find_user_error(exc)
         if not _is_multirun():
-            raise
-        _record_failure(exc)
+            if user_error is None:
+                raise
+            fail(PROG, str(user_error))
+        _record_failure(user_error or exc)
         return None
     return summary["val/elbo"]
 

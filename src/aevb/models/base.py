@@ -101,7 +101,7 @@ class VAEModuleBase(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["samples_seen"] = self.samples_seen
         if getattr(self, "run_config", None) is not None:
-            checkpoint["aevb_config"] = self.run_config  # lets aevb-eval rebuild the networks
+            checkpoint["aevb_config"] = self.run_config  # lets aevb-eval and the figures rebuild the model
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.samples_seen = int(checkpoint.get("samples_seen", 0))

@@ -1,0 +1,31 @@
+"""Rebuild a trained model from a checkpoint alone (its resolved config travels inside it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from aevb.errors import AevbError
+
+
+def load_model(ckpt_path: str | Path, map_location: str = "cpu", data_module=None):
+    """Return (model in eval mode, data module, resolved config) for a checkpoint written by aevb-train."""
+    from aevb.train import build
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise AevbError(f"checkpoint {path} not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # truncated zip, wrong file type, ...
+        raise AevbError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
+    if "aevb_config" not in ckpt:
+        raise AevbError(f"{path} was not written by aevb-train (no aevb_config inside)")
+    cfg = OmegaConf.create(ckpt["aevb_config"])
+    dm, model = build(cfg, data_module=data_module)
+    model.load_state_dict(ckpt["state_dict"])
+    model.on_load_checkpoint(ckpt)
+    model.run_config = ckpt["aevb_config"]
+    return model.eval(), dm, cfg

@@ -1,0 +1,150 @@
+"""A LightningDataModule over image tensors held in memory.
+
+Both data sets are small (MNIST is 188 MB as float32), so each split is one
+tensor and a batch is one fancy-indexing op: no per-item Python work, and the
+same tensors can later live on the accelerator. Subclasses only load pixels
+and say how to split them.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from aevb.errors import require
+
+BINARIZE = ("none", "static", "dynamic")
+
+
+class TensorBatches(Dataset):
+    """Dataset whose __getitem__ takes a list of indices and returns the whole batch."""
+
+    def __init__(self, x: Tensor):
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, idx) -> Tensor:
+        return self.x[idx]
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Serves (B, C, H, W) float tensors with pixels in [0, 1] for train / val / test.
+
+    ``binarize``: ``none`` keeps intensities (the paper), ``static`` samples
+    x ~ Bernoulli(pixels) once with ``binarize_seed``, ``dynamic`` resamples the
+    training images every batch and binarises val/test once (seeded), as is
+    standard for log-likelihood comparisons.
+    """
+
+    name = "images"
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        mirror: str | None = None,
+        batch_size: int = 100,
+        eval_batch_size: int = 1000,
+        binarize: str = "none",
+        binarize_seed: int = 0,
+        train_eval_size: int = 10000,
+        likelihood: str = "bernoulli",
+        paper_hidden_dim: int = 500,
+    ):
+        super().__init__()
+        require(binarize in BINARIZE, f"data.binarize must be one of {', '.join(BINARIZE)}, got '{binarize}'")
+        require(isinstance(batch_size, int) and batch_size > 0, f"data.batch_size must be > 0, got {batch_size}")
+        require(isinstance(eval_batch_size, int) and eval_batch_size > 0, f"data.eval_batch_size must be > 0, got {eval_batch_size}")
+        self.data_dir = data_dir
+        self.mirror = mirror
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.binarize = binarize
+        self.binarize_seed = binarize_seed
+        self.train_eval_size = train_eval_size
+        # The observation model and hidden width the paper pairs with this data set;
+        # the model and net configs read them by interpolation.
+        self.likelihood = likelihood
+        self.paper_hidden_dim = paper_hidden_dim
+        self.splits: dict[str, Tensor] = {}
+
+    # -- what subclasses provide ------------------------------------------------------------
+    def load_splits(self) -> dict[str, Tensor]:
+        """Return {"train", "val", "test"} float tensors (N, C, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        splits = self.load_splits()
+        if self.binarize != "none":
+            for name, x in splits.items():
+                if name != "train" or self.binarize == "static":
+                    # one generator per split: val/test are the same images under static and dynamic
+                    gen = torch.Generator().manual_seed(self.binarize_seed * 1_000_003 + zlib.crc32(name.encode()))
+                    splits[name] = torch.bernoulli(x, generator=gen)
+        n_eval = min(self.train_eval_size, len(splits["train"]))
+        pick = torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(0))[:n_eval]
+        splits["train_eval"] = splits["train"][pick.sort().values]
+        self.splits = splits
+
+    def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
+        if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
+            return torch.bernoulli(batch)
+        return batch
+
+    @property
+    def mirror_used(self):
+        """The mirror folder data is read from (config key, else $AEVB_DATA_MIRROR), or None."""
+        from aevb.data.sources import mirror_root
+
+        root = mirror_root(self.mirror)
+        return root.resolve() if root is not None else None
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        self.setup()
+        return tuple(self.splits["train"].shape[1:])  # type: ignore[return-value]
+
+    @property
+    def n_train(self) -> int:
+        self.setup()
+        return len(self.splits["train"])
+
+    def split_size(self, split: str) -> int:
+        self.setup()
+        return len(self.splits[split])
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+        self.setup()
+        ds = TensorBatches(self.splits[split])
+        base = RandomSampler(ds) if shuffle else SequentialSampler(ds)
+        return DataLoader(ds, sampler=BatchSampler(base, batch_size, drop_last=drop_last), batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        # drop_last keeps every step at exactly M datapoints, so samples_seen = steps * M.
+        require(
+            self.batch_size <= self.n_train,
+            f"data.batch_size ({self.batch_size}) is larger than the training set ({self.n_train})",
+        )
+        return self._loader("train", self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False, drop_last=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False, drop_last=False)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Loader over ``train_eval`` (fixed train subset), ``val`` or ``test``."""
+        return self._loader(split, self.eval_batch_size, shuffle=False, drop_last=False)
+
+    def steps_per_epoch(self) -> int:
+        return math.floor(self.n_train / self.batch_size)
