@@ -2,5 +2,6 @@
 
 from aevb.models.aevb import AEVB
 from aevb.models.base import VAEModuleBase
+from aevb.models.wake_sleep import WakeSleep
 
-__all__ = ["AEVB", "VAEModuleBase"]
+__all__ = ["AEVB", "VAEModuleBase", "WakeSleep"]
