@@ -1,0 +1,753 @@
+"""aevb-figures: the paper's figures from finished runs, sweeps and checkpoints.
+
+Subcommands (``aevb-figures --help``):
+
+* ``fig2 SWEEP_DIR``: Figure 2, the lower bound per datapoint (train subset and
+  test split) against training samples evaluated, one panel per N_z, AEVB vs
+  wake-sleep; plus ``results.csv`` / ``results.md`` with one row per job
+  (failed jobs included, with their error).
+* ``manifold CKPT``: Figure 4, the learned 2-D manifold of an N_z = 2 model.
+* ``samples CKPT``: random samples z ~ N(0, I) decoded to mean images.
+* ``reconstructions CKPT``: test images (top row) and their reconstructions.
+* ``fig5 CKPT [CKPT ...]``: Figure 5, several models' samples side by side.
+
+The picture builders (``tile``, ``manifold_grid``, ``sample_grid``,
+``reconstruction_grid``) return numpy arrays with values in [0, 1], so other
+code can log the same images (e.g. ``wandb.Image(sample_grid(model, 100))``).
+``collect_runs`` and ``plot_fig2`` are the Figure 2 pieces. Figures are built
+with ``matplotlib.figure.Figure`` (no pyplot, no display, no global state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aevb.errors import AevbError
+
+PROG = "aevb-figures"
+UNITS = "nats per datapoint"
+Y_LABEL = "lower bound, nats per datapoint"
+X_LABEL = "training samples evaluated"
+DATASET_NAMES = {"mnist": "MNIST", "frey_face": "Frey Face"}
+MODEL_LABELS = {"AEVB": "AEVB", "WakeSleep": "Wake-Sleep"}
+MODEL_COLOURS = {"AEVB": "tab:red", "WakeSleep": "tab:blue"}
+EXTRA_COLOURS = ("tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
+CURVE_COLUMNS = ("samples_seen", "train_elbo", "test_elbo", "train_n", "test_n")
+MANIFOLD_RANGE = (0.05, 0.95)  # open unit square: the inverse Gaussian CDF is infinite at 0 and 1
+
+RESULT_COLUMNS = (
+    "job", "status", "dataset", "model", "latent_dim", "samples_seen",
+    "train_elbo", "train_n", "val_elbo", "val_n", "test_elbo", "test_n",
+    "units", "wall_time_s", "curve_points", "error",
+)
+
+
+def dataset_name(dataset: str | None) -> str:
+    return DATASET_NAMES.get(dataset or "", dataset or "unknown data set")
+
+
+def model_label(model: str | None) -> str:
+    return MODEL_LABELS.get(model or "", model or "unknown model")
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 2: reading a sweep
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Curve:
+    """One run's curve.csv: ELBO (nats per datapoint) at log-spaced numbers of training samples."""
+
+    samples_seen: np.ndarray
+    train_elbo: np.ndarray
+    test_elbo: np.ndarray
+    train_n: np.ndarray
+    test_n: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.samples_seen)
+
+
+@dataclass
+class Run:
+    """What one job folder of a sweep holds. ``status``: ok | failed | incomplete."""
+
+    job: str
+    path: Path
+    status: str
+    dataset: str | None = None
+    model: str | None = None
+    latent_dim: int | None = None
+    summary: dict = field(default_factory=dict)
+    curve: Curve | None = None
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def job_number(self) -> int:
+        return int(self.job) if self.job.isdigit() else -1
+
+
+def read_curve(path: str | Path) -> Curve:
+    """Parse a curve.csv; rows repeated by a resumed run keep their last value. Raises AevbError if malformed."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in CURVE_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise AevbError(f"{path} lacks column(s) {', '.join(missing)} (header: {','.join(reader.fieldnames or [])})")
+            rows: dict[int, tuple[float, float, int, int]] = {}
+            for i, row in enumerate(reader, start=2):
+                if not any((v or "").strip() for v in row.values()):
+                    continue
+                try:
+                    seen = int(float(row["samples_seen"]))
+                    rows[seen] = (float(row["train_elbo"]), float(row["test_elbo"]),
+                                  int(float(row["train_n"])), int(float(row["test_n"])))
+                except (TypeError, ValueError):
+                    raise AevbError(f"{path}, line {i}: not a row of numbers: {row}") from None
+    except OSError as exc:
+        raise AevbError(f"cannot read {path}: {exc}") from None
+    seen = np.array(sorted(rows), dtype=np.int64)
+    cols = list(zip(*(rows[s] for s in seen))) if len(seen) else [(), (), (), ()]
+    return Curve(seen, np.array(cols[0], dtype=float), np.array(cols[1], dtype=float),
+                 np.array(cols[2], dtype=np.int64), np.array(cols[3], dtype=np.int64))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AevbError(f"{path} is not readable JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict):
+        raise AevbError(f"{path} does not hold a JSON object")
+    return payload
+
+
+def _dataset_from_target(target: str | None) -> str | None:
+    if not target:
+        return None
+    cls = str(target).rsplit(".", 1)[-1].lower()
+    if "frey" in cls:
+        return "frey_face"
+    if "mnist" in cls:
+        return "mnist"
+    return cls.removesuffix("datamodule") or None
+
+
+def config_meta(run_dir: Path) -> dict:
+    """dataset / model / latent_dim from the job's config (config_resolved.yaml, else Hydra's .hydra/config.yaml)."""
+    from omegaconf import OmegaConf
+
+    for candidate in (run_dir / "config_resolved.yaml", run_dir / ".hydra" / "config.yaml"):
+        if not candidate.is_file():
+            continue
+        try:
+            cfg = OmegaConf.load(candidate)
+            sel = lambda key: OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)  # noqa: E731
+            latent = sel("model.latent_dim")
+            model_target = sel("model._target_")
+            return {
+                "dataset": _dataset_from_target(sel("data._target_")),
+                "model": str(model_target).rsplit(".", 1)[-1] if model_target else None,
+                "latent_dim": int(latent) if str(latent).isdigit() else None,
+            }
+        except Exception:  # an unreadable config only costs us the metadata, never the listing
+            continue
+    return {"dataset": None, "model": None, "latent_dim": None}
+
+
+def read_run(run_dir: str | Path, job: str | None = None) -> Run:
+    """Everything a job folder says about itself; never raises for a broken job (it is reported instead)."""
+    run_dir = Path(run_dir)
+    run = Run(job=job if job is not None else run_dir.name, path=run_dir, status="incomplete")
+    summary_path, failed_path = run_dir / "summary.json", run_dir / "failed.json"
+    use_failed = failed_path.is_file() and (
+        not summary_path.is_file() or failed_path.stat().st_mtime > summary_path.stat().st_mtime
+    )
+    if use_failed:
+        run.status = "failed"
+        try:
+            run.error = str(_read_json(failed_path).get("error", "")).strip() or "failed (no error message recorded)"
+        except AevbError as exc:
+            run.error = str(exc)
+    elif summary_path.is_file():
+        try:
+            run.summary = _read_json(summary_path)
+            run.status = "ok"
+        except AevbError as exc:
+            run.error = str(exc)
+    else:
+        run.error = "no summary.json or failed.json (still running, or killed)"
+
+    meta = config_meta(run_dir)
+    run.dataset = run.summary.get("dataset") or meta["dataset"]
+    run.model = run.summary.get("model") or meta["model"]
+    try:
+        run.latent_dim = int(run.summary.get("latent_dim", meta["latent_dim"]))
+    except (TypeError, ValueError):
+        run.latent_dim = meta["latent_dim"]
+
+    curve_path = run_dir / "curve.csv"
+    if curve_path.is_file():
+        try:
+            run.curve = read_curve(curve_path)
+            if not len(run.curve):
+                run.notes.append("curve.csv has no rows")
+                run.curve = None
+        except AevbError as exc:
+            run.notes.append(str(exc))
+    else:
+        run.notes.append("no curve.csv")
+    return run
+
+
+def collect_runs(sweep_dir: str | Path) -> list[Run]:
+    """Every numbered job folder (0/, 1/, ...) of a multirun directory, in job order."""
+    sweep = Path(sweep_dir)
+    if not sweep.is_dir():
+        raise AevbError(f"sweep directory {sweep} not found")
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    if not jobs:
+        if any((sweep / name).is_file() for name in ("summary.json", "curve.csv", "failed.json")):
+            raise AevbError(f"{sweep} is a single run directory, not a multirun (sweep) directory;"
+                            " expected numbered job folders 0/, 1/, ...")
+        raise AevbError(f"no jobs in {sweep}: expected numbered job folders 0/, 1/, ... as written by aevb-train --multirun")
+    return [read_run(p, p.name) for p in jobs]
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 2: the results table
+# ---------------------------------------------------------------------------------------------
+def _num(value, fmt: str) -> str:
+    if value is None or value == "":
+        return ""
+    try:
+        return format(float(value), fmt) if "f" in fmt else format(int(value), fmt)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def result_rows(runs: list[Run]) -> list[dict]:
+    """One dict per job with RESULT_COLUMNS as keys (numbers as numbers, missing as '')."""
+    rows = []
+    for r in runs:
+        s = r.summary
+        rows.append({
+            "job": r.job,
+            "status": r.status,
+            "dataset": r.dataset or "",
+            "model": r.model or "",
+            "latent_dim": r.latent_dim if r.latent_dim is not None else "",
+            "samples_seen": s.get("samples_seen", ""),
+            "train_elbo": s.get("train/elbo", ""),
+            "train_n": s.get("train/n_datapoints", ""),
+            "val_elbo": s.get("val/elbo", ""),
+            "val_n": s.get("val/n_datapoints", ""),
+            "test_elbo": s.get("test/elbo", ""),
+            "test_n": s.get("test/n_datapoints", ""),
+            "units": s.get("units", UNITS),
+            "wall_time_s": s.get("wall_time_s", ""),
+            "curve_points": len(r.curve) if r.curve is not None else 0,
+            "error": r.error,
+        })
+    return rows
+
+
+def _md_cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def results_markdown(runs: list[Run], title: str = "Sweep results") -> str:
+    """The results table in Markdown, with a header line saying the units, splits and counts."""
+    n_failed = sum(r.status == "failed" for r in runs)
+    n_incomplete = sum(r.status == "incomplete" for r in runs)
+    status = f"{len(runs)} jobs: {len(runs) - n_failed - n_incomplete} ok, {n_failed} failed"
+    if n_incomplete:
+        status += f", {n_incomplete} incomplete"
+    lines = [
+        f"# {title}",
+        "",
+        f"Final ELBO in {UNITS} (higher is better); (n) = datapoints evaluated. train = the final model on a"
+        " fixed subset of the training split; val and test = the whole validation and test splits. " + status + ".",
+        "",
+        "| job | status | dataset | model | N_z | training samples | train ELBO (n) | val ELBO (n) | test ELBO (n) |"
+        " wall time (s) | error |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in result_rows(runs):
+        def elbo(split: str) -> str:
+            if row[f"{split}_elbo"] == "":
+                return ""
+            n = _num(row[f"{split}_n"], ",")
+            return f"{_num(row[f'{split}_elbo'], '.2f')}" + (f" ({n})" if n else "")
+
+        lines.append("| " + " | ".join(_md_cell(c) for c in (
+            row["job"], row["status"], row["dataset"], row["model"], row["latent_dim"],
+            _num(row["samples_seen"], ","), elbo("train"), elbo("val"), elbo("test"),
+            _num(row["wall_time_s"], ".1f"), row["error"],
+        )) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(runs: list[Run], out_dir: str | Path, title: str = "Sweep results") -> tuple[Path, Path, str]:
+    """Write results.csv and results.md into out_dir; return (csv path, md path, Markdown text)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out_dir / "results.csv", out_dir / "results.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(RESULT_COLUMNS))
+        writer.writeheader()
+        writer.writerows(result_rows(runs))
+    text = results_markdown(runs, title)
+    md_path.write_text(text)
+    return csv_path, md_path, text
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 2: the plot
+# ---------------------------------------------------------------------------------------------
+def _model_colours(models: list[str]) -> dict[str, str]:
+    colours, extra = {}, iter(EXTRA_COLOURS * 4)
+    for m in models:
+        colours[m] = MODEL_COLOURS.get(m) or next(extra)
+    return colours
+
+
+def _counts(values) -> str:
+    uniq = sorted({int(v) for v in values})
+    return "/".join(f"{v:,}" for v in uniq) if uniq else "?"
+
+
+def plot_fig2(runs: list[Run], out: str | Path | None = None, dataset: str | None = None,
+              ylim: tuple[float, float] | None = None):
+    """Figure 2 for one data set: one panel per N_z, train solid and test dashed, one colour per model.
+
+    ``runs`` come from ``collect_runs``; ``dataset`` picks one when the runs span several.
+    With ``out`` (a path; its suffix is replaced) the figure is saved as .png and .pdf.
+    Returns the matplotlib Figure (one Axes per N_z panel).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    datasets = sorted({r.dataset for r in runs if r.dataset})
+    if dataset is None:
+        if len(datasets) != 1:
+            raise AevbError("plot_fig2 needs runs of one data set" + (f"; these span {', '.join(datasets)}: pass dataset="
+                            if datasets else " (none of these runs says which data set it used)"))
+        dataset = datasets[0]
+    mine = [r for r in runs if r.dataset == dataset and r.latent_dim is not None]
+    if not mine:
+        raise AevbError(f"no run of data set '{dataset}' with a known N_z to plot")
+    panels = sorted({r.latent_dim for r in mine})
+    models = sorted({r.model or "unknown" for r in mine}, key=lambda m: (m not in MODEL_COLOURS, m))
+    colours = _model_colours(models)
+
+    fig = Figure(figsize=(3.3 * len(panels) + 0.6, 3.9), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    train_ns, test_ns = [], []
+    for ax, nz in zip(axes, panels):
+        absent = []
+        for r in sorted((r for r in mine if r.latent_dim == nz), key=lambda r: r.job_number):
+            if r.curve is None or not len(r.curve):
+                absent.append(f"job {r.job}: " + ("failed" if r.status == "failed" else "no curve"))
+                continue
+            c, colour = r.curve, colours[r.model or "unknown"]
+            ax.plot(c.samples_seen, c.train_elbo, "-", color=colour, lw=1.4, marker=".", ms=3)
+            ax.plot(c.samples_seen, c.test_elbo, "--", color=colour, lw=1.4, marker=".", ms=3)
+            train_ns.extend(c.train_n.tolist())
+            test_ns.extend(c.test_n.tolist())
+        if absent:
+            ax.text(0.03, 0.97, "\n".join(absent), transform=ax.transAxes, fontsize=7, color="0.3", va="top",
+                    bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.85, "boxstyle": "round,pad=0.3"})
+        ax.set_xscale("log")
+        ax.set_title(f"N_z = {nz}")
+        ax.set_xlabel(X_LABEL)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+    axes[0].set_ylabel(Y_LABEL)
+    if ylim is not None:
+        axes[0].set_ylim(*ylim)
+
+    handles = []
+    for m in models:
+        handles.append(Line2D([], [], color=colours[m], ls="-", label=f"{model_label(m)} (train)"))
+        handles.append(Line2D([], [], color=colours[m], ls="--", label=f"{model_label(m)} (test)"))
+    axes[0].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
+    fig.suptitle(
+        f"{dataset_name(dataset)}: lower bound ({UNITS}) vs training samples evaluated\n"
+        f"train = fixed training subset, n = {_counts(train_ns)}; test = test split, n = {_counts(test_ns)}",
+        fontsize=10,
+    )
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".png", ".pdf"):
+            fig.savefig(out.with_suffix(suffix), dpi=150)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures 4 and 5: pictures from a model
+# ---------------------------------------------------------------------------------------------
+def _to_numpy(images) -> np.ndarray:
+    if hasattr(images, "detach"):
+        images = images.detach().float().cpu().numpy()
+    return np.asarray(images, dtype=np.float32)
+
+
+def tile(images, rows: int, cols: int, pad: int = 0, pad_value: float = 1.0) -> np.ndarray:
+    """(N, C, H, W) images in [0, 1] -> one (rows*H + (rows-1)*pad, cols*W + (cols-1)*pad) array, row-major.
+
+    With pad = 0 (the default) the result is exactly (rows*H, cols*W); C = 3 adds a trailing
+    colour axis. Slots beyond N are filled with pad_value. Values are clipped to [0, 1].
+    """
+    x = _to_numpy(images)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"tile expects (N, C, H, W) images with C in (1, 3), got shape {x.shape}")
+    if rows < 1 or cols < 1 or pad < 0:
+        raise ValueError(f"tile needs rows, cols >= 1 and pad >= 0, got {rows}, {cols}, {pad}")
+    n, c, h, w = x.shape
+    if n > rows * cols:
+        raise ValueError(f"{n} images do not fit a {rows} x {cols} grid")
+    x = np.clip(np.nan_to_num(x, nan=0.0), 0.0, 1.0)
+    out = np.full((rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad, c), pad_value, dtype=np.float32)
+    for k in range(n):
+        i, j = divmod(k, cols)
+        top, left = i * (h + pad), j * (w + pad)
+        out[top:top + h, left:left + w] = x[k].transpose(1, 2, 0)
+    return out[..., 0] if c == 1 else out
+
+
+def square_shape(n: int) -> tuple[int, int]:
+    """(rows, cols) of the most square grid holding n images, cols >= rows."""
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _device(model):
+    import torch
+
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _latent_dim(model) -> int:
+    return int(getattr(model, "latent_dim", None) or model.encoder.latent_dim)
+
+
+def _check_count(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise AevbError(f"{name} must be a positive integer, got {value}")
+
+
+def manifold_latents(n: int, lo: float = MANIFOLD_RANGE[0], hi: float = MANIFOLD_RANGE[1]):
+    """(n*n, 2) latents: an n x n grid on [lo, hi]^2 through the inverse Gaussian CDF; z_1 varies along rows."""
+    import torch
+
+    if not 0.0 < lo <= hi < 1.0:
+        raise AevbError(f"the manifold grid must lie inside the open unit square, got [{lo}, {hi}]")
+    u = torch.linspace(lo, hi, n) if n > 1 else torch.tensor([0.5])
+    z = torch.distributions.Normal(0.0, 1.0).icdf(u)
+    z1, z2 = torch.meshgrid(z, z, indexing="ij")
+    return torch.stack([z1.reshape(-1), z2.reshape(-1)], dim=1)
+
+
+def manifold_grid(model, n: int = 20, lo: float = MANIFOLD_RANGE[0], hi: float = MANIFOLD_RANGE[1]) -> np.ndarray:
+    """Figure 4: decoder means E[x|z] over an n x n latent grid, tiled to (n*H, n*W). Needs N_z = 2."""
+    _check_count("the manifold grid size", n)
+    nz = _latent_dim(model)
+    if nz != 2:
+        raise AevbError(f"the manifold (Figure 4) needs a model with N_z = 2, this one has N_z = {nz}")
+    shape = tuple(getattr(model.encoder, "latent_shape", (nz,)))
+    if shape != (2,):
+        raise AevbError(f"the manifold (Figure 4) needs a flat 2-D latent, this model's latent has shape {shape}")
+    z = manifold_latents(n, lo, hi).to(_device(model))
+    with _eval_mode(model):
+        images = model.sample(len(z), z=z)
+    return tile(images, n, n)
+
+
+def sample_images(model, n: int = 100, seed: int = 0):
+    """n mean images E[x|z] for z ~ N(0, I) drawn from a generator seeded with ``seed`` (global RNG untouched)."""
+    import torch
+
+    _check_count("the number of samples", n)
+    gen = torch.Generator().manual_seed(int(seed))
+    z = torch.randn((n, *model.encoder.latent_shape), generator=gen).to(_device(model))
+    with _eval_mode(model):
+        return model.sample(n, z=z)
+
+
+def sample_grid(model, n: int = 100, seed: int = 0) -> np.ndarray:
+    """Figure 5 panel: n random samples (decoder means) tiled in the most square grid (square_shape(n))."""
+    _check_count("the number of samples", n)
+    rows, cols = square_shape(n)
+    return tile(sample_images(model, n, seed), rows, cols)
+
+
+def reconstruction_grid(model, x, n: int = 10) -> np.ndarray:
+    """Top row: the first n images of x; bottom row: decoder mean at the encoder mean. Shape (2*H, n*W)."""
+    import torch
+
+    _check_count("the number of reconstructions", n)
+    x = torch.as_tensor(x)[:n].to(_device(model))
+    with _eval_mode(model), torch.no_grad():
+        mean, _logvar = model.encoder(x)
+        recon = model.likelihood.mean(model.decoder(mean))
+    return tile(torch.cat([x.float(), recon.float()]), 2, len(x))
+
+
+def save_image(array: np.ndarray, out: str | Path) -> Path:
+    """Save a tiled [0, 1] array pixel for pixel (grey scale for 2-D arrays)."""
+    import matplotlib.image
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    matplotlib.image.imsave(out, array, cmap="gray", vmin=0.0, vmax=1.0)
+    return out
+
+
+def plot_fig5(panels: list[tuple[int, np.ndarray]], dataset: str | None, n: int, seed: int, out: str | Path | None = None):
+    """Figure 5: (N_z, sample grid) panels side by side, each titled with its N_z. Returns the Figure."""
+    from matplotlib.figure import Figure
+
+    k = len(panels)
+    h, w = panels[0][1].shape[:2]
+    fig = Figure(figsize=(max(3.0 * k * max(w / h, 0.5) + 0.4, 5.0), 3.9), layout="constrained")
+    axes = fig.subplots(1, k, squeeze=False)[0]
+    for ax, (nz, grid) in zip(axes, panels):
+        ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        ax.set_title(f"N_z = {nz}")
+        ax.set_axis_off()
+    fig.suptitle(f"{dataset_name(dataset)}: random samples, decoder means E[x|z]\n"
+                 f"z ~ N(0, I), {n} per model, seed {seed}", fontsize=10)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=150)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def resolve_checkpoint(arg: str | Path) -> Path:
+    """A checkpoint file, or a run directory holding checkpoints/last.ckpt."""
+    p = Path(arg)
+    if p.is_dir():
+        for candidate in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise AevbError(f"checkpoint not found: {p} is a directory without checkpoints/last.ckpt")
+    if not p.is_file():
+        raise AevbError(f"checkpoint {p} not found")
+    return p
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def _out_path(out: str | None, default: Path) -> Path:
+    if out is None:
+        return default
+    p = Path(out)
+    return p / default.name if p.is_dir() else p
+
+
+def _load(ckpt: Path, cache: dict | None = None):
+    """load_model, sharing one data module between checkpoints whose data config is the same."""
+    import torch
+
+    from aevb.checkpoints import load_model
+
+    dm, key = None, None
+    if cache is not None:
+        try:
+            raw = torch.load(ckpt, map_location="cpu", weights_only=False)
+            key = json.dumps(raw["aevb_config"]["data"], sort_keys=True, default=str)
+            dm = cache.get(key)
+        except Exception:  # load_model gives the proper message
+            key = None
+    model, dm, cfg = load_model(ckpt, data_module=dm)
+    if cache is not None and key is not None:
+        cache[key] = dm
+    return model, dm, cfg
+
+
+def _describe(model, dm) -> str:
+    return (f"{dataset_name(getattr(dm, 'name', None))}, N_z = {_latent_dim(model)},"
+            f" {type(model).__name__} after {int(getattr(model, 'samples_seen', 0)):,} training samples")
+
+
+def _px(array: np.ndarray) -> str:
+    return f"{array.shape[0]}x{array.shape[1]} px"
+
+
+def cmd_fig2(args) -> None:
+    sweep = Path(args.sweep_dir)
+    runs = collect_runs(sweep)
+    out_dir = Path(args.out) if args.out else sweep
+    csv_path, md_path, text = write_results(runs, out_dir, title=f"Sweep results: {sweep}")
+    print(text)
+    written = [csv_path, md_path]
+    datasets = sorted({r.dataset for r in runs if r.dataset})
+    for ds in datasets:
+        stem = out_dir / f"fig2_{ds}"
+        try:
+            plot_fig2(runs, out=stem, dataset=ds, ylim=tuple(args.ylim) if args.ylim else None)
+        except AevbError as exc:  # one data set's trouble must not cost the others' figures
+            print(f"{PROG}: warning: no Figure 2 for {dataset_name(ds)}: {exc}", file=sys.stderr)
+            continue
+        written += [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    bad = [r for r in runs if r.status != "ok"]
+    if bad:
+        print(f"{PROG}: warning: {len(bad)} of {len(runs)} jobs did not finish: "
+              + "; ".join(f"job {r.job} {r.status}: {r.error}" for r in bad), file=sys.stderr)
+    no_curve = [r.job for r in runs if r.status == "ok" and r.curve is None]
+    if no_curve:
+        print(f"{PROG}: warning: job(s) {', '.join(no_curve)} have no usable curve.csv: in the table, not in the plot",
+              file=sys.stderr)
+    if not datasets:
+        print(f"{PROG}: warning: no job says which data set it used, so there is no Figure 2 to draw", file=sys.stderr)
+    print("wrote:")
+    for p in written:
+        print(f"  {p}")
+
+
+def cmd_manifold(args) -> None:
+    ckpt = resolve_checkpoint(args.ckpt)
+    model, dm, _ = _load(ckpt)
+    grid = manifold_grid(model, args.grid)
+    out = save_image(grid, _out_path(args.out, run_dir_of(ckpt) / "manifold.png"))
+    lo, hi = MANIFOLD_RANGE
+    print(f"wrote {out} ({_px(grid)}): Figure 4, learned manifold of {_describe(model, dm)}; {args.grid}x{args.grid}"
+          f" decoder means E[x|z] at z = inverse Gaussian CDF of a grid on [{lo}, {hi}]^2 (rows: z_1, columns: z_2)")
+
+
+def cmd_samples(args) -> None:
+    ckpt = resolve_checkpoint(args.ckpt)
+    model, dm, _ = _load(ckpt)
+    grid = sample_grid(model, args.n, args.seed)
+    out = save_image(grid, _out_path(args.out, run_dir_of(ckpt) / "samples.png"))
+    print(f"wrote {out} ({_px(grid)}): {args.n} random samples of {_describe(model, dm)};"
+          f" decoder means E[x|z], z ~ N(0, I), seed {args.seed}")
+
+
+def cmd_reconstructions(args) -> None:
+    ckpt = resolve_checkpoint(args.ckpt)
+    model, dm, _ = _load(ckpt)
+    test = dm.splits["test"] if getattr(dm, "splits", None) else None
+    if test is None:
+        dm.setup()
+        test = dm.splits["test"]
+    grid = reconstruction_grid(model, test, args.n)
+    shown = min(args.n, len(test))
+    out = save_image(grid, _out_path(args.out, run_dir_of(ckpt) / "reconstructions.png"))
+    print(f"wrote {out} ({_px(grid)}): {_describe(model, dm)}; top: the first {shown} images of the test split"
+          f" (n = {len(test):,} datapoints), bottom: their reconstructions (decoder mean at the encoder mean)")
+
+
+def cmd_fig5(args) -> None:
+    ckpts = [resolve_checkpoint(c) for c in args.ckpts]
+    cache: dict = {}
+    panels, datasets = [], []
+    for ckpt in ckpts:
+        model, dm, _ = _load(ckpt, cache)
+        panels.append((_latent_dim(model), sample_grid(model, args.n, args.seed)))
+        datasets.append(getattr(dm, "name", None))
+    shapes = {p[1].shape for p in panels}
+    if len(shapes) > 1:
+        raise AevbError(f"these checkpoints produce images of different sizes ({', '.join(map(str, shapes))});"
+                        " Figure 5 compares models of one data set")
+    dataset = datasets[0] if len(set(datasets)) == 1 else None
+    default_dir = Path(os.path.commonpath([str(run_dir_of(c).resolve()) for c in ckpts]))
+    out = _out_path(args.out, default_dir / f"fig5_{dataset or 'mixed'}.png")
+    plot_fig5(panels, dataset, args.n, args.seed, out=out)
+    print(f"wrote {out}: Figure 5, {args.n} random samples (decoder means, z ~ N(0, I), seed {args.seed}) for each of"
+          f" {len(panels)} {dataset_name(dataset)} models, N_z = {', '.join(str(p[0]) for p in panels)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The paper's figures (Kingma & Welling 2013) from aevb-train runs, sweeps and checkpoints."
+                    f" ELBOs are in {UNITS}.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("fig2", help="Figure 2 (ELBO vs training samples, one panel per N_z) and results.csv/.md of a sweep")
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a finished multirun directory (job folders 0/, 1/, ...)")
+    p.add_argument("--out", metavar="DIR", help="where to write fig2_<dataset>.png/.pdf and results.csv/.md"
+                   " (default: SWEEP_DIR)")
+    p.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"), help="y-axis range in nats per datapoint")
+    p.set_defaults(func=cmd_fig2)
+
+    p = sub.add_parser("manifold", help="Figure 4: the learned 2-D manifold of an N_z = 2 model")
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint, or a run directory with checkpoints/last.ckpt")
+    p.add_argument("--out", metavar="FILE", help="image file (default: <run dir>/manifold.png)")
+    p.add_argument("--grid", type=int, default=20, help="images per side of the grid (default: 20)")
+    p.set_defaults(func=cmd_manifold)
+
+    p = sub.add_parser("samples", help="random samples z ~ N(0, I) decoded to mean images, in a square grid")
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint, or a run directory with checkpoints/last.ckpt")
+    p.add_argument("--out", metavar="FILE", help="image file (default: <run dir>/samples.png)")
+    p.add_argument("--n", type=int, default=100, help="number of samples (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default: 0)")
+    p.set_defaults(func=cmd_samples)
+
+    p = sub.add_parser("reconstructions", help="first test images (top) and their reconstructions (bottom)")
+    p.add_argument("ckpt", metavar="CKPT", help="checkpoint, or a run directory with checkpoints/last.ckpt")
+    p.add_argument("--out", metavar="FILE", help="image file (default: <run dir>/reconstructions.png)")
+    p.add_argument("--n", type=int, default=10, help="number of test images (default: 10)")
+    p.set_defaults(func=cmd_reconstructions)
+
+    p = sub.add_parser("fig5", help="Figure 5: several models' random samples side by side, titled by N_z")
+    p.add_argument("ckpts", nargs="+", metavar="CKPT", help="checkpoints (or run directories), e.g. N_z = 2, 5, 10, 20")
+    p.add_argument("--out", metavar="FILE", help="image file (default: fig5_<dataset>.png in the runs' common folder)")
+    p.add_argument("--n", type=int, default=100, help="samples per model (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default: 0)")
+    p.set_defaults(func=cmd_fig5)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from aevb.cli import fail
+
+    args = build_parser().parse_args(argv)
+    try:
+        for name in ("grid", "n"):
+            if getattr(args, name, None) is not None:
+                _check_count(f"--{name}", getattr(args, name))
+        args.func(args)
+    except AevbError as exc:
+        fail(PROG, str(exc))
+
+
+if __name__ == "__main__":
+    main()
