@@ -4,13 +4,22 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+# Experiment knobs: SAMPLES = training samples evaluated per run (default: the experiment's,
+# paper scale 10^8 for Figure 2); LAUNCHER = a hydra/launcher option (local_parallel, slurm,
+# submitit_local, ...); TRAINER = cpu | gpu | ddp.
+SAMPLES  ?=
+LAUNCHER ?=
+TRAINER  ?=
+SWEEPS   ?= logs/sweeps
+FIGURES  ?= logs/figures
+KNOBS = $(if $(SAMPLES),max_samples=$(SAMPLES)) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(if $(TRAINER),trainer=$(TRAINER))
 
 # Use ../shared/data as the offline mirror when it is there and nothing else is set.
 ifneq ($(wildcard ../shared/data/mnist),)
 export AEVB_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train test test-slow clean
+.PHONY: install train test test-slow fig2-mnist fig2-frey fig3 fig4 fig5 figures clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +37,45 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(ARGS)
+
+# --- the paper's experiments: each trains its sweep, then draws its figure -----------------
+fig2-mnist: install
+	$(BIN)/aevb-train -m experiment=fig2_mnist hydra.sweep.dir=$(SWEEPS)/fig2_mnist $(KNOBS) $(ARGS)
+	$(BIN)/aevb-figures fig2 $(SWEEPS)/fig2_mnist --out $(FIGURES)
+
+fig2-frey: install
+	$(BIN)/aevb-train -m experiment=fig2_frey hydra.sweep.dir=$(SWEEPS)/fig2_frey $(KNOBS) $(ARGS)
+	$(BIN)/aevb-figures fig2 $(SWEEPS)/fig2_frey --out $(FIGURES)
+
+fig3: install
+	$(BIN)/aevb-train -m experiment=fig3_mnist hydra.sweep.dir=$(SWEEPS)/fig3_mnist $(KNOBS) $(ARGS)
+	$(BIN)/aevb-figures fig3 $(SWEEPS)/fig3_mnist --out $(FIGURES)
+
+fig4: install
+	$(BIN)/aevb-train -m experiment=fig45_mnist model.latent_dim=2 hydra.sweep.dir=$(SWEEPS)/fig4_mnist $(KNOBS) $(ARGS)
+	$(BIN)/aevb-train experiment=fig4_frey hydra.run.dir=$(SWEEPS)/fig4_frey $(filter-out hydra/launcher=%,$(KNOBS)) $(ARGS)
+	$(MAKE) --no-print-directory fig4-figures
+
+fig5: install
+	$(BIN)/aevb-train -m experiment=fig45_mnist hydra.sweep.dir=$(SWEEPS)/fig5_mnist $(KNOBS) $(ARGS)
+	$(MAKE) --no-print-directory fig5-figures
+
+# --- figures only, from runs that exist -----------------------------------------------------
+fig4-figures:
+	mkdir -p $(FIGURES)
+	$(BIN)/aevb-figures manifold $(SWEEPS)/fig4_mnist/0 --out $(FIGURES)/fig4_mnist_manifold.png
+	$(BIN)/aevb-figures manifold $(SWEEPS)/fig4_frey --out $(FIGURES)/fig4_frey_manifold.png
+
+fig5-figures:
+	mkdir -p $(FIGURES)
+	$(BIN)/aevb-figures fig5 $(sort $(wildcard $(SWEEPS)/fig5_mnist/[0-9]*)) --out $(FIGURES)/fig5_mnist.png
+	$(BIN)/aevb-figures reconstructions $(SWEEPS)/fig5_mnist/3 --out $(FIGURES)/reconstructions_mnist.png
+
+figures: install
+	@for s in fig2_mnist fig2_frey; do [ -d $(SWEEPS)/$$s ] && $(BIN)/aevb-figures fig2 $(SWEEPS)/$$s --out $(FIGURES) || echo "skip $$s: no runs in $(SWEEPS)/$$s"; done
+	@[ -d $(SWEEPS)/fig3_mnist ] && $(BIN)/aevb-figures fig3 $(SWEEPS)/fig3_mnist --out $(FIGURES) || echo "skip fig3: no runs in $(SWEEPS)/fig3_mnist"
+	@[ -d $(SWEEPS)/fig4_mnist ] && [ -d $(SWEEPS)/fig4_frey ] && $(MAKE) --no-print-directory fig4-figures || echo "skip fig4: no runs"
+	@[ -d $(SWEEPS)/fig5_mnist ] && $(MAKE) --no-print-directory fig5-figures || echo "skip fig5: no runs"
 
 clean:
 	rm -rf logs .pytest_cache

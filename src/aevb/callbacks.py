@@ -60,6 +60,18 @@ class ElboCurve(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._next = self.next_point(pl_module.samples_seen)
+        self._drop_rows_after(Path(trainer.default_root_dir) / self.filename, pl_module.samples_seen)
+
+    @rank_zero_only
+    def _drop_rows_after(self, path: Path, samples_seen: int) -> None:
+        """A rerun in the same directory starts its curve afresh; a resumed run keeps the rows it reached."""
+        if not path.exists():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        keep = [ln for ln in lines[1:] if ln.strip() and int(ln.split(",", 1)[0]) <= samples_seen]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.HEADER + "".join(keep))
+        tmp.replace(path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if pl_module.samples_seen >= self._next:

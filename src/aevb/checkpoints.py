@@ -29,3 +29,21 @@ def load_model(ckpt_path: str | Path, map_location: str = "cpu", data_module=Non
     model.on_load_checkpoint(ckpt)
     model.run_config = ckpt["aevb_config"]
     return model.eval(), dm, cfg
+
+
+def resolve_checkpoint(arg: str | Path) -> Path:
+    """A checkpoint file, or a run directory holding checkpoints/last.ckpt."""
+    p = Path(arg)
+    if p.is_dir():
+        for candidate in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise AevbError(f"checkpoint not found: {p} is a directory without checkpoints/last.ckpt")
+    if not p.is_file():
+        raise AevbError(f"checkpoint {p} not found")
+    return p
+
+
+def run_dir_of(ckpt: Path) -> Path:
+    """The run directory a checkpoint belongs to (<run>/checkpoints/x.ckpt -> <run>)."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent

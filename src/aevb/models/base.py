@@ -15,10 +15,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from aevb.elbo import ESTIMATORS, ElboTerms, elbo
-from aevb.errors import require
+from aevb.errors import AevbError, require
 from aevb.nets.base import Decoder, Encoder, init_normal_
 
 TERMS = ("elbo", "recon", "kl")
+FINITE_CHECK_EVERY = 100  # training steps between checks that the ELBO is still finite
 # metric sets -> the prefix they log under; "train_eval" is the final pass over a fixed training subset
 SPLITS = {"train": "train", "val": "val", "test": "test", "train_eval": "train"}
 
@@ -55,6 +56,7 @@ class VAEModuleBase(L.LightningModule):
         self.meters = nn.ModuleDict({f"{s}_{t}": MeanMetric() for s in SPLITS for t in TERMS})
         self.samples_seen = 0  # training datapoints evaluated, all ranks together (Figure 2's x-axis)
         self.eval_split = "test"  # which meters test_step feeds; see aevb.train.final_evaluation
+        self._last_train_elbo: Tensor | None = None
 
     # -- the objective ---------------------------------------------------------------------
     def elbo_terms(self, x: Tensor) -> ElboTerms:
@@ -68,10 +70,23 @@ class VAEModuleBase(L.LightningModule):
 
     def record(self, split: str, terms: ElboTerms) -> None:
         """Accumulate per-datapoint terms; Lightning computes (and syncs, under DDP) at epoch end."""
+        if split == "train":
+            self._last_train_elbo = terms.elbo.detach()
         for name in TERMS:
             meter = self.meters[f"{split}_{name}"]
             meter.update(getattr(terms, name).detach())
             self.log(f"{SPLITS[split]}/{name}", meter, on_step=False, on_epoch=True, batch_size=len(terms.elbo))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # One host sync every FINITE_CHECK_EVERY steps, not per step: stop a diverged run with a
+        # clear message instead of training on and writing NaN into summary.json.
+        if self.global_step % FINITE_CHECK_EVERY == 0 and self._last_train_elbo is not None:
+            if not bool(torch.isfinite(self._last_train_elbo).all()):
+                raise AevbError(
+                    f"training diverged by step {self.global_step} ({self.samples_seen:,} samples): the ELBO is not"
+                    " finite; lower the step size (model.optimizer.lr), or for conv/U-Net backbones use"
+                    " model/optimizer=adam model.init_std=null (see experiment=backbones_mnist)"
+                )
 
     def count_samples(self, batch_size: int) -> None:
         self.samples_seen += batch_size * (self.trainer.world_size if self._trainer is not None else 1)
