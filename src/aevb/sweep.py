@@ -13,6 +13,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
+# Jobs of the last multirun that did not finish, for the exit status of aevb-train.
+FAILED_JOBS: list[str] = []
+
+
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from aevb.figures import collect_runs, write_results
@@ -28,4 +32,5 @@ class SweepSummary(Callback):
         bad = [r for r in runs if r.status != "ok"]
         for r in bad:
             print(f"aevb-train: job {r.job} {r.status}: {r.error}", file=sys.stderr)
+            FAILED_JOBS.append(str(r.job))
         print(f"sweep: {len(runs) - len(bad)} of {len(runs)} jobs finished; table in {md_path} and {csv_path}", flush=True)

@@ -176,6 +176,11 @@ def main() -> None:
     except AevbError as exc:
         fail(PROG, str(exc))
     _hydra_main()
+    from aevb.sweep import FAILED_JOBS
+
+    if FAILED_JOBS:  # the other jobs' results are kept; the exit status still says not all is well
+        print(f"{PROG}: error: {len(FAILED_JOBS)} sweep job(s) failed: {', '.join(FAILED_JOBS)}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
