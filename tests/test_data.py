@@ -69,6 +69,7 @@ def test_binarization(mirror):
     dynamic.setup()
     assert dynamic.splits["train"][:100].unique().numel() > 2  # resampled per batch instead
     assert set(dynamic.splits["test"].unique().tolist()) == {0.0, 1.0}
+    assert set(dynamic.splits["train_eval"].unique().tolist()) == {0.0, 1.0}  # scored like val/test
     assert torch.equal(dynamic.splits["test"], static.splits["test"])  # same seed, same eval data
     batch = dynamic.splits["train"][:100]
     dynamic.trainer = types.SimpleNamespace(training=True)

@@ -6,6 +6,10 @@ Subcommands (``aevb-figures --help``):
   test split) against training samples evaluated, one panel per N_z, AEVB vs
   wake-sleep; plus ``results.csv`` / ``results.md`` with one row per job
   (failed jobs included, with their error).
+* ``fig3 SWEEP_DIR``: Figure 3, the estimated marginal likelihood log p(x) per
+  datapoint (importance sampled, encoder as proposal; train subset and test
+  subset) against training samples evaluated, one panel per training-set size,
+  AEVB vs wake-sleep, from each job's ``marginal_curve.csv``.
 * ``manifold CKPT``: Figure 4, the learned 2-D manifold of an N_z = 2 model.
 * ``samples CKPT``: random samples z ~ N(0, I) decoded to mean images.
 * ``reconstructions CKPT``: test images (top row) and their reconstructions.
@@ -14,7 +18,8 @@ Subcommands (``aevb-figures --help``):
 The picture builders (``tile``, ``manifold_grid``, ``sample_grid``,
 ``reconstruction_grid``) return numpy arrays with values in [0, 1], so other
 code can log the same images (e.g. ``wandb.Image(sample_grid(model, 100))``).
-``collect_runs`` and ``plot_fig2`` are the Figure 2 pieces. Figures are built
+``collect_runs`` and ``plot_fig2`` are the Figure 2 pieces; ``collect_fig3_runs`` and
+``plot_fig3`` the Figure 3 ones. Figures are built
 with ``matplotlib.figure.Figure`` (no pyplot, no display, no global state).
 """
 
@@ -398,6 +403,205 @@ def plot_fig2(runs: list[Run], out: str | Path | None = None, dataset: str | Non
 
 
 # ---------------------------------------------------------------------------------------------
+# Figure 3: estimated marginal likelihood against training samples, one panel per N_train
+# ---------------------------------------------------------------------------------------------
+MARGINAL_COLUMNS = ("samples_seen", "train_log_px", "test_log_px", "k", "train_n", "test_n")
+FIG3_Y_LABEL = "marginal log-likelihood log p(x),\nnats per datapoint (importance sampled, k = {k})"
+
+
+@dataclass
+class MarginalCurve:
+    """One run's marginal_curve.csv: estimated log p(x) (nats per datapoint) at log-spaced training samples."""
+
+    samples_seen: np.ndarray
+    train_log_px: np.ndarray
+    test_log_px: np.ndarray
+    k: np.ndarray
+    train_n: np.ndarray
+    test_n: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.samples_seen)
+
+
+@dataclass
+class Fig3Run:
+    """A sweep job (``run``, as ``collect_runs`` reads it) with what Figure 3 needs besides."""
+
+    run: Run
+    train_size: int | None = None  # training images the model saw; None where the config does not say
+    marginal: MarginalCurve | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_marginal_curve(path: str | Path) -> MarginalCurve:
+    """Parse a marginal_curve.csv; rows repeated by a resumed run keep their last value. Raises AevbError if malformed."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in MARGINAL_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise AevbError(f"{path} lacks column(s) {', '.join(missing)} (header: {','.join(reader.fieldnames or [])})")
+            rows: dict[int, tuple[float, float, int, int, int]] = {}
+            for i, row in enumerate(reader, start=2):
+                if not any((v or "").strip() for v in row.values()):
+                    continue
+                try:
+                    rows[int(float(row["samples_seen"]))] = (
+                        float(row["train_log_px"]), float(row["test_log_px"]), int(float(row["k"])),
+                        int(float(row["train_n"])), int(float(row["test_n"])))
+                except (TypeError, ValueError):
+                    raise AevbError(f"{path}, line {i}: not a row of numbers: {row}") from None
+    except OSError as exc:
+        raise AevbError(f"cannot read {path}: {exc}") from None
+    seen = np.array(sorted(rows), dtype=np.int64)
+    cols = list(zip(*(rows[s] for s in seen))) if len(seen) else [()] * 5
+    return MarginalCurve(seen, np.array(cols[0], dtype=float), np.array(cols[1], dtype=float),
+                         *(np.array(c, dtype=np.int64) for c in cols[2:]))
+
+
+def config_train_size(run_dir: Path) -> int | None:
+    """Training images of the job: data.train_size, else (MNIST) all 60,000 - data.val_size; None if unknown."""
+    from omegaconf import OmegaConf
+
+    for candidate in (run_dir / "config_resolved.yaml", run_dir / ".hydra" / "config.yaml"):
+        if not candidate.is_file():
+            continue
+        try:
+            cfg = OmegaConf.load(candidate)
+            sel = lambda key: OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)  # noqa: E731
+            size = sel("data.train_size")
+            if size is not None:
+                return int(size)
+            if _dataset_from_target(sel("data._target_")) == "mnist":
+                return 60_000 - int(sel("data.val_size") or 10_000)
+        except Exception:  # an unreadable config only costs us the panel, never the listing
+            continue
+    return None
+
+
+def collect_fig3_runs(sweep_dir: str | Path) -> list[Fig3Run]:
+    """Every job of a Figure 3 sweep with its training-set size and marginal_curve.csv, in job order."""
+    out = []
+    for run in collect_runs(sweep_dir):
+        r = Fig3Run(run, train_size=config_train_size(run.path))
+        path = run.path / "marginal_curve.csv"
+        if path.is_file():
+            try:
+                r.marginal = read_marginal_curve(path)
+                if not len(r.marginal):
+                    r.notes.append("marginal_curve.csv has no rows")
+                    r.marginal = None
+            except AevbError as exc:
+                r.notes.append(str(exc))
+        else:
+            r.notes.append("no marginal_curve.csv")
+        out.append(r)
+    return out
+
+
+def _n_train_title(size: int | None) -> str:
+    return f"N_train = {size}" if size is not None else "N_train = unknown"
+
+
+def fig3_table(runs: list[Fig3Run]) -> str:
+    """The last point of each job's curve, in Markdown: estimated log p(x), nats per datapoint, with n and k."""
+    lines = [
+        f"Estimated marginal log-likelihood log p(x) at the last point of each curve, {UNITS} (higher is better);"
+        " importance sampled with the encoder as proposal, k samples per datapoint; (n) = datapoints evaluated:"
+        " train = a fixed subset of the job's training set, test = a fixed subset of the test split.",
+        "",
+        "| job | status | model | N_train | training samples | train log p(x) (n) | test log p(x) (n) | k | note |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        m = r.marginal
+        note = "; ".join(r.notes + ([r.run.error] if r.run.error else []))
+        cells = [r.run.job, r.run.status, model_label(r.run.model) if r.run.model else "", _num(r.train_size, ",")]
+        if m is None:
+            cells += ["", "", "", ""]
+        else:
+            cells += [f"{int(m.samples_seen[-1]):,}",
+                      f"{m.train_log_px[-1]:.2f} ({int(m.train_n[-1]):,})",
+                      f"{m.test_log_px[-1]:.2f} ({int(m.test_n[-1]):,})",
+                      f"{int(m.k[-1]):,}"]
+        lines.append("| " + " | ".join(_md_cell(c) for c in [*cells, note]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_fig3(runs: list[Fig3Run], out: str | Path | None = None, dataset: str | None = None,
+              ylim: tuple[float, float] | None = None):
+    """Figure 3: one panel per training-set size, train solid and test dashed, one colour per model (as Figure 2).
+
+    ``runs`` come from ``collect_fig3_runs``; ``dataset`` picks one when the runs span several.
+    With ``out`` (a path; its suffix is replaced) the figure is saved as .png and .pdf.
+    Returns the matplotlib Figure (one Axes per N_train panel).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    datasets = sorted({r.run.dataset for r in runs if r.run.dataset})
+    if dataset is None:
+        if len(datasets) != 1:
+            raise AevbError("plot_fig3 needs runs of one data set" + (f"; these span {', '.join(datasets)}: pass dataset="
+                            if datasets else " (none of these runs says which data set it used)"))
+        dataset = datasets[0]
+    mine = [r for r in runs if r.run.dataset == dataset]
+    if not any(r.marginal is not None for r in mine):
+        raise AevbError(f"no run of data set '{dataset}' has a marginal_curve.csv to plot"
+                        " (it is written by aevb.callbacks_marginal.MarginalLikelihoodCurve, e.g. experiment=fig3_mnist)")
+    panels = sorted({r.train_size for r in mine}, key=lambda s: (s is None, s or 0))
+    models = sorted({r.run.model or "unknown" for r in mine}, key=lambda m: (m not in MODEL_COLOURS, m))
+    colours = _model_colours(models)
+
+    fig = Figure(figsize=(max(3.6 * len(panels) + 0.8, 7.5), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    train_ns, test_ns, ks = [], [], []
+    for ax, size in zip(axes, panels):
+        absent = []
+        for r in sorted((r for r in mine if r.train_size == size), key=lambda r: r.run.job_number):
+            if r.marginal is None:
+                absent.append(f"job {r.run.job}: " + ("failed" if r.run.status == "failed" else "no curve"))
+                continue
+            c, colour = r.marginal, colours[r.run.model or "unknown"]
+            ax.plot(c.samples_seen, c.train_log_px, "-", color=colour, lw=1.4, marker=".", ms=3)
+            ax.plot(c.samples_seen, c.test_log_px, "--", color=colour, lw=1.4, marker=".", ms=3)
+            train_ns.extend(c.train_n.tolist())
+            test_ns.extend(c.test_n.tolist())
+            ks.extend(c.k.tolist())
+        if absent:
+            ax.text(0.03, 0.97, "\n".join(absent), transform=ax.transAxes, fontsize=7, color="0.3", va="top",
+                    bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.85, "boxstyle": "round,pad=0.3"})
+        ax.set_xscale("log")
+        ax.set_title(_n_train_title(size))
+        ax.set_xlabel(X_LABEL)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+    axes[0].set_ylabel(FIG3_Y_LABEL.format(k=_counts(ks)))
+    if ylim is not None:
+        axes[0].set_ylim(*ylim)
+
+    handles = []
+    for m in models:
+        handles.append(Line2D([], [], color=colours[m], ls="-", label=f"{model_label(m)} (train)"))
+        handles.append(Line2D([], [], color=colours[m], ls="--", label=f"{model_label(m)} (test)"))
+    axes[0].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
+    fig.suptitle(
+        f"{dataset_name(dataset)}: estimated marginal likelihood ({UNITS}) vs training samples evaluated\n"
+        f"train = fixed subset of the training set, n = {_counts(train_ns)}; test = fixed subset of the test split,"
+        f" n = {_counts(test_ns)}\nk = {_counts(ks)} importance samples per datapoint, encoder as proposal",
+        fontsize=10,
+    )
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in (".png", ".pdf"):
+            fig.savefig(out.with_suffix(suffix), dpi=150)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
 # Figures 4 and 5: pictures from a model
 # ---------------------------------------------------------------------------------------------
 def _to_numpy(images) -> np.ndarray:
@@ -640,6 +844,43 @@ def cmd_fig2(args) -> None:
         print(f"  {p}")
 
 
+def cmd_fig3(args) -> None:
+    sweep = Path(args.sweep_dir)
+    runs = collect_fig3_runs(sweep)
+    out_dir = Path(args.out) if args.out else sweep
+    print(fig3_table(runs))
+    written = []
+    datasets = sorted({r.run.dataset for r in runs if r.run.dataset})
+    for ds in datasets:
+        stem = out_dir / f"fig3_{ds}"
+        try:
+            fig = plot_fig3(runs, out=stem, dataset=ds, ylim=tuple(args.ylim) if args.ylim else None)
+        except AevbError as exc:  # one data set's trouble must not cost the others' figures
+            print(f"{PROG}: warning: no Figure 3 for {dataset_name(ds)}: {exc}", file=sys.stderr)
+            continue
+        mine = [r for r in runs if r.run.dataset == ds and r.marginal is not None]
+        sizes = ", ".join(ax.get_title() for ax in fig.axes)
+        desc = (f"Figure 3, {dataset_name(ds)}: estimated log p(x) in {UNITS} vs training samples evaluated,"
+                f" {len(mine)} curves, panels {sizes}; train n = {_counts(n for r in mine for n in r.marginal.train_n)},"
+                f" test n = {_counts(n for r in mine for n in r.marginal.test_n)} datapoints,"
+                f" k = {_counts(k for r in mine for k in r.marginal.k)} importance samples")
+        written += [(stem.with_suffix(".png"), desc), (stem.with_suffix(".pdf"), "the same, as PDF")]
+    bad = [r.run for r in runs if r.run.status != "ok"]
+    if bad:
+        print(f"{PROG}: warning: {len(bad)} of {len(runs)} jobs did not finish: "
+              + "; ".join(f"job {r.job} {r.status}: {r.error}" for r in bad), file=sys.stderr)
+    no_curve = [r.run.job for r in runs if r.marginal is None]
+    if no_curve:
+        print(f"{PROG}: warning: job(s) {', '.join(no_curve)} have no usable marginal_curve.csv: not in the plot",
+              file=sys.stderr)
+    if not written:
+        raise AevbError(f"no Figure 3 drawn from {sweep}: no job has a marginal_curve.csv with a known data set"
+                        " (run the sweep with experiment=fig3_mnist)")
+    print("wrote:")
+    for p, desc in written:
+        print(f"  {p}: {desc}")
+
+
 def cmd_manifold(args) -> None:
     ckpt = resolve_checkpoint(args.ckpt)
     model, dm, _ = _load(ckpt)
@@ -707,6 +948,13 @@ def build_parser() -> argparse.ArgumentParser:
                    " (default: SWEEP_DIR)")
     p.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"), help="y-axis range in nats per datapoint")
     p.set_defaults(func=cmd_fig2)
+
+    p = sub.add_parser("fig3", help="Figure 3 (estimated log p(x) vs training samples, one panel per training-set size)"
+                       " of a sweep run with experiment=fig3_mnist")
+    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a finished multirun directory (job folders 0/, 1/, ...)")
+    p.add_argument("--out", metavar="DIR", help="where to write fig3_<dataset>.png/.pdf (default: SWEEP_DIR)")
+    p.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"), help="y-axis range in nats per datapoint")
+    p.set_defaults(func=cmd_fig3)
 
     p = sub.add_parser("manifold", help="Figure 4: the learned 2-D manifold of an N_z = 2 model")
     p.add_argument("ckpt", metavar="CKPT", help="checkpoint, or a run directory with checkpoints/last.ckpt")

@@ -92,7 +92,11 @@ class ImageDataModule(L.LightningDataModule):
                     splits[name] = torch.bernoulli(x, generator=gen)
         n_eval = min(self.train_eval_size, len(splits["train"]))
         pick = torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(0))[:n_eval]
-        splits["train_eval"] = splits["train"][pick.sort().values]
+        train_eval = splits["train"][pick.sort().values]
+        if self.binarize == "dynamic":  # scored like val/test: binarised once, seeded
+            gen = torch.Generator().manual_seed(self.binarize_seed * 1_000_003 + zlib.crc32(b"train_eval"))
+            train_eval = torch.bernoulli(train_eval, generator=gen)
+        splits["train_eval"] = train_eval
         self.splits = splits
 
     def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:

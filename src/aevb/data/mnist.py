@@ -62,17 +62,30 @@ def parse_idx(data: bytes, path: str, magic: int, shape: tuple[int, ...]) -> np.
 
 
 class MNISTDataModule(ImageDataModule):
-    """MNIST, 28x28, pixels / 255. The last ``val_size`` training images are the validation set."""
+    """MNIST, 28x28, pixels / 255. The last ``val_size`` training images are the validation set.
+
+    ``train_size`` keeps only the first ``train_size`` images of the remaining training
+    split (Figure 3 trains on 1000 and on 50000 points); None keeps them all. ``n_train``
+    (the weight prior's N) and the ``train_eval`` subset then refer to that reduced set.
+    """
 
     name = "mnist"
 
-    def __init__(self, val_size: int = 10000, verify_checksums: bool = True, **kwargs):
+    def __init__(self, val_size: int = 10000, verify_checksums: bool = True, train_size: int | None = None, **kwargs):
         super().__init__(**kwargs)
         require(
             isinstance(val_size, int) and 0 < val_size < N_TRAIN_FILE,
             f"data.val_size must be between 1 and {N_TRAIN_FILE - 1}, got {val_size}",
         )
+        available = N_TRAIN_FILE - val_size
+        require(
+            train_size is None
+            or (isinstance(train_size, int) and not isinstance(train_size, bool) and 1 <= train_size <= available),
+            f"data.train_size must be null (all) or between 1 and {available:,} (the training images left after"
+            f" data.val_size = {val_size:,}), got {train_size}",
+        )
         self.val_size = val_size
+        self.train_size = train_size
         self.verify_checksums = verify_checksums
         self.labels: dict[str, torch.Tensor] = {}
 
@@ -89,5 +102,6 @@ class MNISTDataModule(ImageDataModule):
         images = lambda a: torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)  # noqa: E731
         x, y = images(train), torch.from_numpy(train_y.astype(np.int64))
         n_fit = N_TRAIN_FILE - self.val_size
-        self.labels = {"train": y[:n_fit], "val": y[n_fit:], "test": torch.from_numpy(test_y.astype(np.int64))}
-        return {"train": x[:n_fit], "val": x[n_fit:], "test": images(test)}
+        n_keep = n_fit if self.train_size is None else self.train_size  # the first train_size of the training split
+        self.labels = {"train": y[:n_keep], "val": y[n_fit:], "test": torch.from_numpy(test_y.astype(np.int64))}
+        return {"train": x[:n_keep], "val": x[n_fit:], "test": images(test)}
