@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aevb.checkpoints import resolve_checkpoint, run_dir_of
 from aevb.errors import AevbError
 
 PROG = "aevb-figures"
@@ -760,23 +761,6 @@ def plot_fig5(panels: list[tuple[int, np.ndarray]], dataset: str | None, n: int,
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-def resolve_checkpoint(arg: str | Path) -> Path:
-    """A checkpoint file, or a run directory holding checkpoints/last.ckpt."""
-    p = Path(arg)
-    if p.is_dir():
-        for candidate in (p / "checkpoints" / "last.ckpt", p / "last.ckpt"):
-            if candidate.is_file():
-                return candidate
-        raise AevbError(f"checkpoint not found: {p} is a directory without checkpoints/last.ckpt")
-    if not p.is_file():
-        raise AevbError(f"checkpoint {p} not found")
-    return p
-
-
-def run_dir_of(ckpt: Path) -> Path:
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
 def _out_path(out: str | None, default: Path) -> Path:
     if out is None:
         return default

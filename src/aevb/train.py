@@ -117,6 +117,7 @@ def run(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         write_json_atomic(out_dir / "summary.json", summary)
         print_report(summary)
+        _log_images(loggers, model, dm, summary)
         _wandb_hint(loggers)
     return summary
 
@@ -128,6 +129,24 @@ def _world_size(trainer_cfg: DictConfig) -> int:
     if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
         return len(devices) * int(trainer_cfg.get("num_nodes", 1))
     return 1
+
+
+def _log_images(loggers, model, dm, summary: dict) -> None:
+    """Samples, test reconstructions and (N_z = 2) the manifold, as the figures show them, to wandb."""
+    wandb_loggers = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
+    if not wandb_loggers:
+        return
+    from aevb.figures import manifold_grid, reconstruction_grid, sample_grid
+
+    note = f"{dm.name}, N_z = {summary['latent_dim']}, after {summary['samples_seen']:,} training samples"
+    images = {"samples": (sample_grid(model, 100, seed=0), f"100 samples E[x|z], z ~ N(0, I); {note}"),
+              "reconstructions": (reconstruction_grid(model, dm.splits["test"], 10),
+                                  f"top: test images, bottom: reconstructions; {note}")}
+    if model.encoder.latent_shape == (2,):
+        images["manifold"] = (manifold_grid(model, 20), f"learned 2-D manifold (Figure 4); {note}")
+    for lg in wandb_loggers:
+        for key, (array, caption) in images.items():
+            lg.log_image(key=f"images/{key}", images=[array], caption=[caption])
 
 
 def _wandb_hint(loggers) -> None:
