@@ -125,6 +125,33 @@ def test_marginal_curve_is_reproducible_and_restores_train_mode(tiny_fit):
     assert len(lines) == n_rows + 1 and lines[-1].split(",")[2] == f"{first[0]:.4f}"
 
 
+def test_both_curve_files_restart_on_a_fresh_run_and_keep_their_rows_on_resume(tmp_path):
+    """ElboCurve's curve.csv and MarginalLikelihoodCurve's marginal_curve.csv share the append and resume code."""
+    from types import SimpleNamespace
+
+    from aevb.callbacks import ElboCurve
+    from aevb.callbacks_marginal import MarginalLikelihoodCurve
+
+    trainer = SimpleNamespace(default_root_dir=str(tmp_path), loggers=[], global_step=7)
+    for cb, values, row in ((ElboCurve(start=1000), (-150.5, -160.25, 1000, 500), "3200,-150.5000,-160.2500,1000,500"),
+                            (MarginalLikelihoodCurve(k=20, start=1000), (-140.5, -150.125, 20, 200, 100),
+                             "3200,-140.5000,-150.1250,20,200,100")):
+        path = tmp_path / cb.filename
+        assert cb.curve_path(trainer) == path
+        for seen in (1000, 1778, 3162):
+            cb.append_row(trainer, SimpleNamespace(samples_seen=seen), values, {})
+        lines = path.read_text().splitlines()
+        assert lines[0] + "\n" == cb.HEADER and len(lines) == 4 and cb.last_evaluated == 3162
+        cb.on_train_start(trainer, SimpleNamespace(samples_seen=1778))  # resumed: keeps the rows it reached
+        assert path.read_text().splitlines() == lines[:3]
+        assert cb.append_row(trainer, SimpleNamespace(samples_seen=3200), values, {}) == 3200
+        assert path.read_text().splitlines() == [*lines[:3], row]
+        cb.on_train_start(trainer, SimpleNamespace(samples_seen=0))  # a fresh run in the same directory
+        assert path.read_text() == cb.HEADER
+    assert (tmp_path / "curve.csv").read_text().startswith("samples_seen,train_elbo,test_elbo,train_n,test_n\n")
+    assert (tmp_path / "marginal_curve.csv").read_text().startswith(",".join(HEADER) + "\n")
+
+
 def test_marginal_curve_rejects_bad_settings():
     from aevb.callbacks_marginal import MarginalLikelihoodCurve
 

@@ -58,9 +58,13 @@ class ElboCurve(L.Callback):
             i += 1
         return self.grid_point(i)
 
+    def curve_path(self, trainer: L.Trainer) -> Path:
+        """The curve file: ``<run dir>/<filename>``."""
+        return Path(trainer.default_root_dir) / self.filename
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._next = self.next_point(pl_module.samples_seen)
-        self._drop_rows_after(Path(trainer.default_root_dir) / self.filename, pl_module.samples_seen)
+        self._drop_rows_after(self.curve_path(trainer), pl_module.samples_seen)
 
     @rank_zero_only
     def _drop_rows_after(self, path: Path, samples_seen: int) -> None:
@@ -103,14 +107,20 @@ class ElboCurve(L.Callback):
             train, n_train = self.mean_elbo(pl_module, trainer.datamodule.eval_dataloader("train_eval"))
             test, n_test = self.mean_elbo(pl_module, trainer.datamodule.eval_dataloader("test"))
         pl_module.train(was_training)
+        self.append_row(trainer, pl_module, (train, test, n_train, n_test),
+                        {"curve/train_elbo": train, "curve/test_elbo": test})
+
+    def append_row(self, trainer: L.Trainer, pl_module: L.LightningModule, values: tuple, metrics: dict) -> int:
+        """Append the row ``samples_seen,*values`` to the curve file (HEADER first if the file is new; floats
+        with 4 decimals) and send ``metrics`` with ``samples_seen`` to the loggers. Returns samples_seen."""
         seen = int(pl_module.samples_seen)
         self.last_evaluated = seen
-        path = Path(trainer.default_root_dir) / self.filename
+        path = self.curve_path(trainer)
         new = not path.exists()
         with path.open("a") as f:
             if new:
                 f.write(self.HEADER)
-            f.write(f"{seen},{train:.4f},{test:.4f},{n_train},{n_test}\n")
+            f.write(",".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in (seen, *values)) + "\n")
         for logger in trainer.loggers:
-            logger.log_metrics({"curve/train_elbo": train, "curve/test_elbo": test, "samples_seen": seen},
-                               step=trainer.global_step)
+            logger.log_metrics({**metrics, "samples_seen": seen}, step=trainer.global_step)
+        return seen

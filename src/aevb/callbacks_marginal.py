@@ -10,7 +10,6 @@ tightens with k and is never below the ELBO in expectation (k = 1 is the ELBO).
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -113,17 +112,8 @@ class MarginalLikelihoodCurve(ElboCurve):
                 test, n_test = self.estimate(pl_module, subsets["test"])
         finally:
             pl_module.train(was_training)
-        seen = int(pl_module.samples_seen)
-        self.last_evaluated = seen
-        path = Path(trainer.default_root_dir) / self.filename
-        new = not path.exists()
-        with path.open("a") as f:
-            if new:
-                f.write(self.HEADER)
-            f.write(f"{seen},{train:.4f},{test:.4f},{self.k},{n_train},{n_test}\n")
-        for logger in trainer.loggers:
-            logger.log_metrics({"marginal/train_log_px": train, "marginal/test_log_px": test, "samples_seen": seen},
-                               step=trainer.global_step)
+        seen = self.append_row(trainer, pl_module, (train, test, self.k, n_train, n_test),
+                               {"marginal/train_log_px": train, "marginal/test_log_px": test})
         if self.verbose:
             print(f"log p(x) after {seen:>12,} training samples | train {train:9.2f} ({n_train:,} images)"
                   f" | test {test:9.2f} ({n_test:,} images) | {UNITS}, importance sampled, k = {self.k}", flush=True)

@@ -67,20 +67,26 @@ def model_label(model: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Figure 2: reading a sweep
+# Reading a sweep (Figures 2 and 3)
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class Curve:
-    """One run's curve.csv: ELBO (nats per datapoint) at log-spaced numbers of training samples."""
+class _CurveTable:
+    """Columns of a curve file, one entry per number of training samples evaluated (ascending)."""
 
     samples_seen: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.samples_seen)
+
+
+@dataclass
+class Curve(_CurveTable):
+    """One run's curve.csv: ELBO (nats per datapoint) at log-spaced numbers of training samples."""
+
     train_elbo: np.ndarray
     test_elbo: np.ndarray
     train_n: np.ndarray
     test_n: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.samples_seen)
 
 
 @dataclass
@@ -103,31 +109,54 @@ class Run:
         return int(self.job) if self.job.isdigit() else -1
 
 
-def read_curve(path: str | Path) -> Curve:
-    """Parse a curve.csv; rows repeated by a resumed run keep their last value. Raises AevbError if malformed."""
+def _read_curve_csv(path: str | Path, cls: type[_CurveTable], columns: tuple[str, ...], floats: tuple[str, ...]):
+    """A curve file as ``cls(**columns)``; ``floats`` are float columns, the others integers.
+
+    Rows repeated by a resumed run keep their last value. Raises AevbError if malformed.
+    """
     path = Path(path)
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            missing = [c for c in CURVE_COLUMNS if c not in (reader.fieldnames or [])]
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
             if missing:
                 raise AevbError(f"{path} lacks column(s) {', '.join(missing)} (header: {','.join(reader.fieldnames or [])})")
-            rows: dict[int, tuple[float, float, int, int]] = {}
+            rows: dict[int, tuple] = {}
             for i, row in enumerate(reader, start=2):
                 if not any((v or "").strip() for v in row.values()):
                     continue
                 try:
-                    seen = int(float(row["samples_seen"]))
-                    rows[seen] = (float(row["train_elbo"]), float(row["test_elbo"]),
-                                  int(float(row["train_n"])), int(float(row["test_n"])))
+                    rows[int(float(row["samples_seen"]))] = tuple(
+                        float(row[c]) if c in floats else int(float(row[c])) for c in columns[1:])
                 except (TypeError, ValueError):
                     raise AevbError(f"{path}, line {i}: not a row of numbers: {row}") from None
     except OSError as exc:
         raise AevbError(f"cannot read {path}: {exc}") from None
-    seen = np.array(sorted(rows), dtype=np.int64)
-    cols = list(zip(*(rows[s] for s in seen))) if len(seen) else [(), (), (), ()]
-    return Curve(seen, np.array(cols[0], dtype=float), np.array(cols[1], dtype=float),
-                 np.array(cols[2], dtype=np.int64), np.array(cols[3], dtype=np.int64))
+    seen = sorted(rows)
+    values = list(zip(*(rows[s] for s in seen))) if seen else [()] * (len(columns) - 1)
+    return cls(np.array(seen, dtype=np.int64), *(
+        np.array(v, dtype=float if c in floats else np.int64) for c, v in zip(columns[1:], values)))
+
+
+def read_curve(path: str | Path) -> Curve:
+    """Parse a curve.csv; rows repeated by a resumed run keep their last value. Raises AevbError if malformed."""
+    return _read_curve_csv(path, Curve, CURVE_COLUMNS, floats=("train_elbo", "test_elbo"))
+
+
+def _read_optional_curve(path: Path, reader, notes: list[str]):
+    """reader(path), or None with the reason appended to ``notes`` (no file, unreadable, no rows)."""
+    if not path.is_file():
+        notes.append(f"no {path.name}")
+        return None
+    try:
+        curve = reader(path)
+    except AevbError as exc:
+        notes.append(str(exc))
+        return None
+    if not len(curve):
+        notes.append(f"{path.name} has no rows")
+        return None
+    return curve
 
 
 def _read_json(path: Path) -> dict:
@@ -151,8 +180,12 @@ def _dataset_from_target(target: str | None) -> str | None:
     return cls.removesuffix("datamodule") or None
 
 
-def config_meta(run_dir: Path) -> dict:
-    """dataset / model / latent_dim from the job's config (config_resolved.yaml, else Hydra's .hydra/config.yaml)."""
+def _from_config(run_dir: Path, read):
+    """read(select) on the job's config (config_resolved.yaml, else Hydra's .hydra/config.yaml).
+
+    ``select(key)`` gives the config value or None. The first config that loads and whose read
+    returns something other than None wins; None if none does. An unreadable config is skipped.
+    """
     from omegaconf import OmegaConf
 
     for candidate in (run_dir / "config_resolved.yaml", run_dir / ".hydra" / "config.yaml"):
@@ -160,17 +193,27 @@ def config_meta(run_dir: Path) -> dict:
             continue
         try:
             cfg = OmegaConf.load(candidate)
-            sel = lambda key: OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)  # noqa: E731
-            latent = sel("model.latent_dim")
-            model_target = sel("model._target_")
-            return {
-                "dataset": _dataset_from_target(sel("data._target_")),
-                "model": str(model_target).rsplit(".", 1)[-1] if model_target else None,
-                "latent_dim": int(latent) if str(latent).isdigit() else None,
-            }
-        except Exception:  # an unreadable config only costs us the metadata, never the listing
+            result = read(lambda key: OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False))
+        except Exception:  # an unreadable config only costs us what it would have said, never the listing
             continue
-    return {"dataset": None, "model": None, "latent_dim": None}
+        if result is not None:
+            return result
+    return None
+
+
+def config_meta(run_dir: Path) -> dict:
+    """dataset / model / latent_dim from the job's config (config_resolved.yaml, else Hydra's .hydra/config.yaml)."""
+
+    def read(sel) -> dict:
+        latent = sel("model.latent_dim")
+        model_target = sel("model._target_")
+        return {
+            "dataset": _dataset_from_target(sel("data._target_")),
+            "model": str(model_target).rsplit(".", 1)[-1] if model_target else None,
+            "latent_dim": int(latent) if str(latent).isdigit() else None,
+        }
+
+    return _from_config(run_dir, read) or {"dataset": None, "model": None, "latent_dim": None}
 
 
 def read_run(run_dir: str | Path, job: str | None = None) -> Run:
@@ -204,17 +247,7 @@ def read_run(run_dir: str | Path, job: str | None = None) -> Run:
     except (TypeError, ValueError):
         run.latent_dim = meta["latent_dim"]
 
-    curve_path = run_dir / "curve.csv"
-    if curve_path.is_file():
-        try:
-            run.curve = read_curve(curve_path)
-            if not len(run.curve):
-                run.notes.append("curve.csv has no rows")
-                run.curve = None
-        except AevbError as exc:
-            run.notes.append(str(exc))
-    else:
-        run.notes.append("no curve.csv")
+    run.curve = _read_optional_curve(run_dir / "curve.csv", read_curve, run.notes)
     return run
 
 
@@ -321,8 +354,12 @@ def write_results(runs: list[Run], out_dir: str | Path, title: str = "Sweep resu
 
 
 # ---------------------------------------------------------------------------------------------
-# Figure 2: the plot
+# Figures 2 and 3: the plot
 # ---------------------------------------------------------------------------------------------
+FIG2_TITLE = ("{dataset}: lower bound ({units}) vs training samples evaluated\n"
+              "train = fixed training subset, n = {train_n}; test = test split, n = {test_n}")
+
+
 def _model_colours(models: list[str]) -> dict[str, str]:
     colours, extra = {}, iter(EXTRA_COLOURS * 4)
     for m in models:
@@ -335,53 +372,70 @@ def _counts(values) -> str:
     return "/".join(f"{v:,}" for v in uniq) if uniq else "?"
 
 
-def plot_fig2(runs: list[Run], out: str | Path | None = None, dataset: str | None = None,
-              ylim: tuple[float, float] | None = None):
-    """Figure 2 for one data set: one panel per N_z, train solid and test dashed, one colour per model.
+def _pick_dataset(datasets: set, dataset: str | None, who: str) -> str:
+    """``dataset``, else the only data set of the runs; AevbError if they span several or none."""
+    if dataset is not None:
+        return dataset
+    datasets = sorted(d for d in datasets if d)
+    if len(datasets) != 1:
+        raise AevbError(f"{who} needs runs of one data set" + (f"; these span {', '.join(datasets)}: pass dataset="
+                        if datasets else " (none of these runs says which data set it used)"))
+    return datasets[0]
 
-    ``runs`` come from ``collect_runs``; ``dataset`` picks one when the runs span several.
-    With ``out`` (a path; its suffix is replaced) the figure is saved as .png and .pdf.
-    Returns the matplotlib Figure (one Axes per N_z panel).
+
+def _save_png_pdf(fig, out: str | Path | None) -> None:
+    """Save ``fig`` as ``out`` with suffix .png and .pdf (any suffix of ``out`` is replaced); nothing if out is None."""
+    if out is None:
+        return
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".png", ".pdf"):
+        fig.savefig(out.with_suffix(suffix), dpi=150)
+
+
+def _plot_curve_panels(entries: list[tuple], *, train: str, test: str, panel_title, figsize, ylabel: str,
+                       suptitle: str, dataset: str, counts: tuple[str, ...] = ("train_n", "test_n"),
+                       panel_order=None, ylim: tuple[float, float] | None = None, out: str | Path | None = None):
+    """Figures 2 and 3: one panel per key, curve column ``train`` solid and ``test`` dashed, one colour per model.
+
+    ``entries``: (panel key, Run, curve or None) triples; a curve is a ``_CurveTable`` with the
+    columns ``train``, ``test`` and ``counts``. Panels are the keys in sorted order (``panel_order``:
+    a sort key), each titled ``panel_title(key)``. ``ylabel`` and ``suptitle`` are format strings
+    filled with ``dataset`` (its display name), ``units`` and each of ``counts`` (its distinct values,
+    e.g. "1,000/2,000"). With ``out`` the figure is saved as .png and .pdf (``_save_png_pdf``).
+    Returns the matplotlib Figure (one Axes per panel).
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    datasets = sorted({r.dataset for r in runs if r.dataset})
-    if dataset is None:
-        if len(datasets) != 1:
-            raise AevbError("plot_fig2 needs runs of one data set" + (f"; these span {', '.join(datasets)}: pass dataset="
-                            if datasets else " (none of these runs says which data set it used)"))
-        dataset = datasets[0]
-    mine = [r for r in runs if r.dataset == dataset and r.latent_dim is not None]
-    if not mine:
-        raise AevbError(f"no run of data set '{dataset}' with a known N_z to plot")
-    panels = sorted({r.latent_dim for r in mine})
-    models = sorted({r.model or "unknown" for r in mine}, key=lambda m: (m not in MODEL_COLOURS, m))
+    panels = sorted({key for key, _, _ in entries}, key=panel_order)
+    models = sorted({run.model or "unknown" for _, run, _ in entries}, key=lambda m: (m not in MODEL_COLOURS, m))
     colours = _model_colours(models)
 
-    fig = Figure(figsize=(3.3 * len(panels) + 0.6, 3.9), layout="constrained")
+    fig = Figure(figsize=figsize(len(panels)), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    train_ns, test_ns = [], []
-    for ax, nz in zip(axes, panels):
+    seen: dict[str, list] = {c: [] for c in counts}
+    for ax, key in zip(axes, panels):
         absent = []
-        for r in sorted((r for r in mine if r.latent_dim == nz), key=lambda r: r.job_number):
-            if r.curve is None or not len(r.curve):
-                absent.append(f"job {r.job}: " + ("failed" if r.status == "failed" else "no curve"))
+        for _, run, curve in sorted((e for e in entries if e[0] == key), key=lambda e: e[1].job_number):
+            if curve is None or not len(curve):
+                absent.append(f"job {run.job}: " + ("failed" if run.status == "failed" else "no curve"))
                 continue
-            c, colour = r.curve, colours[r.model or "unknown"]
-            ax.plot(c.samples_seen, c.train_elbo, "-", color=colour, lw=1.4, marker=".", ms=3)
-            ax.plot(c.samples_seen, c.test_elbo, "--", color=colour, lw=1.4, marker=".", ms=3)
-            train_ns.extend(c.train_n.tolist())
-            test_ns.extend(c.test_n.tolist())
+            colour = colours[run.model or "unknown"]
+            for column, style in ((train, "-"), (test, "--")):
+                ax.plot(curve.samples_seen, getattr(curve, column), style, color=colour, lw=1.4, marker=".", ms=3)
+            for c in counts:
+                seen[c].extend(getattr(curve, c).tolist())
         if absent:
             ax.text(0.03, 0.97, "\n".join(absent), transform=ax.transAxes, fontsize=7, color="0.3", va="top",
                     bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.85, "boxstyle": "round,pad=0.3"})
         ax.set_xscale("log")
-        ax.set_title(f"N_z = {nz}")
+        ax.set_title(panel_title(key))
         ax.set_xlabel(X_LABEL)
         ax.grid(True, which="major", alpha=0.3)
         ax.grid(True, which="minor", alpha=0.1)
-    axes[0].set_ylabel(Y_LABEL)
+    fields = {"dataset": dataset_name(dataset), "units": UNITS, **{c: _counts(v) for c, v in seen.items()}}
+    axes[0].set_ylabel(ylabel.format(**fields))
     if ylim is not None:
         axes[0].set_ylim(*ylim)
 
@@ -390,17 +444,27 @@ def plot_fig2(runs: list[Run], out: str | Path | None = None, dataset: str | Non
         handles.append(Line2D([], [], color=colours[m], ls="-", label=f"{model_label(m)} (train)"))
         handles.append(Line2D([], [], color=colours[m], ls="--", label=f"{model_label(m)} (test)"))
     axes[0].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
-    fig.suptitle(
-        f"{dataset_name(dataset)}: lower bound ({UNITS}) vs training samples evaluated\n"
-        f"train = fixed training subset, n = {_counts(train_ns)}; test = test split, n = {_counts(test_ns)}",
-        fontsize=10,
-    )
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in (".png", ".pdf"):
-            fig.savefig(out.with_suffix(suffix), dpi=150)
+    fig.suptitle(suptitle.format(**fields), fontsize=10)
+    _save_png_pdf(fig, out)
     return fig
+
+
+def plot_fig2(runs: list[Run], out: str | Path | None = None, dataset: str | None = None,
+              ylim: tuple[float, float] | None = None):
+    """Figure 2 for one data set: one panel per N_z, train solid and test dashed, one colour per model.
+
+    ``runs`` come from ``collect_runs``; ``dataset`` picks one when the runs span several.
+    With ``out`` (a path; its suffix is replaced) the figure is saved as .png and .pdf.
+    Returns the matplotlib Figure (one Axes per N_z panel).
+    """
+    dataset = _pick_dataset({r.dataset for r in runs}, dataset, "plot_fig2")
+    mine = [r for r in runs if r.dataset == dataset and r.latent_dim is not None]
+    if not mine:
+        raise AevbError(f"no run of data set '{dataset}' with a known N_z to plot")
+    return _plot_curve_panels(
+        [(r.latent_dim, r, r.curve) for r in mine], train="train_elbo", test="test_elbo",
+        panel_title=lambda nz: f"N_z = {nz}", figsize=lambda k: (3.3 * k + 0.6, 3.9),
+        ylabel=Y_LABEL, suptitle=FIG2_TITLE, dataset=dataset, ylim=ylim, out=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,21 +472,20 @@ def plot_fig2(runs: list[Run], out: str | Path | None = None, dataset: str | Non
 # ---------------------------------------------------------------------------------------------
 MARGINAL_COLUMNS = ("samples_seen", "train_log_px", "test_log_px", "k", "train_n", "test_n")
 FIG3_Y_LABEL = "marginal log-likelihood log p(x),\nnats per datapoint (importance sampled, k = {k})"
+FIG3_TITLE = ("{dataset}: estimated marginal likelihood ({units}) vs training samples evaluated\n"
+              "train = fixed subset of the training set, n = {train_n}; test = fixed subset of the test split,"
+              " n = {test_n}\nk = {k} importance samples per datapoint, encoder as proposal")
 
 
 @dataclass
-class MarginalCurve:
+class MarginalCurve(_CurveTable):
     """One run's marginal_curve.csv: estimated log p(x) (nats per datapoint) at log-spaced training samples."""
 
-    samples_seen: np.ndarray
     train_log_px: np.ndarray
     test_log_px: np.ndarray
     k: np.ndarray
     train_n: np.ndarray
     test_n: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.samples_seen)
 
 
 @dataclass
@@ -437,49 +500,21 @@ class Fig3Run:
 
 def read_marginal_curve(path: str | Path) -> MarginalCurve:
     """Parse a marginal_curve.csv; rows repeated by a resumed run keep their last value. Raises AevbError if malformed."""
-    path = Path(path)
-    try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in MARGINAL_COLUMNS if c not in (reader.fieldnames or [])]
-            if missing:
-                raise AevbError(f"{path} lacks column(s) {', '.join(missing)} (header: {','.join(reader.fieldnames or [])})")
-            rows: dict[int, tuple[float, float, int, int, int]] = {}
-            for i, row in enumerate(reader, start=2):
-                if not any((v or "").strip() for v in row.values()):
-                    continue
-                try:
-                    rows[int(float(row["samples_seen"]))] = (
-                        float(row["train_log_px"]), float(row["test_log_px"]), int(float(row["k"])),
-                        int(float(row["train_n"])), int(float(row["test_n"])))
-                except (TypeError, ValueError):
-                    raise AevbError(f"{path}, line {i}: not a row of numbers: {row}") from None
-    except OSError as exc:
-        raise AevbError(f"cannot read {path}: {exc}") from None
-    seen = np.array(sorted(rows), dtype=np.int64)
-    cols = list(zip(*(rows[s] for s in seen))) if len(seen) else [()] * 5
-    return MarginalCurve(seen, np.array(cols[0], dtype=float), np.array(cols[1], dtype=float),
-                         *(np.array(c, dtype=np.int64) for c in cols[2:]))
+    return _read_curve_csv(path, MarginalCurve, MARGINAL_COLUMNS, floats=("train_log_px", "test_log_px"))
 
 
 def config_train_size(run_dir: Path) -> int | None:
     """Training images of the job: data.train_size, else (MNIST) all 60,000 - data.val_size; None if unknown."""
-    from omegaconf import OmegaConf
 
-    for candidate in (run_dir / "config_resolved.yaml", run_dir / ".hydra" / "config.yaml"):
-        if not candidate.is_file():
-            continue
-        try:
-            cfg = OmegaConf.load(candidate)
-            sel = lambda key: OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)  # noqa: E731
-            size = sel("data.train_size")
-            if size is not None:
-                return int(size)
-            if _dataset_from_target(sel("data._target_")) == "mnist":
-                return 60_000 - int(sel("data.val_size") or 10_000)
-        except Exception:  # an unreadable config only costs us the panel, never the listing
-            continue
-    return None
+    def read(sel) -> int | None:
+        size = sel("data.train_size")
+        if size is not None:
+            return int(size)
+        if _dataset_from_target(sel("data._target_")) == "mnist":
+            return 60_000 - int(sel("data.val_size") or 10_000)
+        return None
+
+    return _from_config(run_dir, read)
 
 
 def collect_fig3_runs(sweep_dir: str | Path) -> list[Fig3Run]:
@@ -487,17 +522,7 @@ def collect_fig3_runs(sweep_dir: str | Path) -> list[Fig3Run]:
     out = []
     for run in collect_runs(sweep_dir):
         r = Fig3Run(run, train_size=config_train_size(run.path))
-        path = run.path / "marginal_curve.csv"
-        if path.is_file():
-            try:
-                r.marginal = read_marginal_curve(path)
-                if not len(r.marginal):
-                    r.notes.append("marginal_curve.csv has no rows")
-                    r.marginal = None
-            except AevbError as exc:
-                r.notes.append(str(exc))
-        else:
-            r.notes.append("no marginal_curve.csv")
+        r.marginal = _read_optional_curve(run.path / "marginal_curve.csv", read_marginal_curve, r.notes)
         out.append(r)
     return out
 
@@ -539,67 +564,16 @@ def plot_fig3(runs: list[Fig3Run], out: str | Path | None = None, dataset: str |
     With ``out`` (a path; its suffix is replaced) the figure is saved as .png and .pdf.
     Returns the matplotlib Figure (one Axes per N_train panel).
     """
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    datasets = sorted({r.run.dataset for r in runs if r.run.dataset})
-    if dataset is None:
-        if len(datasets) != 1:
-            raise AevbError("plot_fig3 needs runs of one data set" + (f"; these span {', '.join(datasets)}: pass dataset="
-                            if datasets else " (none of these runs says which data set it used)"))
-        dataset = datasets[0]
+    dataset = _pick_dataset({r.run.dataset for r in runs}, dataset, "plot_fig3")
     mine = [r for r in runs if r.run.dataset == dataset]
     if not any(r.marginal is not None for r in mine):
         raise AevbError(f"no run of data set '{dataset}' has a marginal_curve.csv to plot"
                         " (it is written by aevb.callbacks_marginal.MarginalLikelihoodCurve, e.g. experiment=fig3_mnist)")
-    panels = sorted({r.train_size for r in mine}, key=lambda s: (s is None, s or 0))
-    models = sorted({r.run.model or "unknown" for r in mine}, key=lambda m: (m not in MODEL_COLOURS, m))
-    colours = _model_colours(models)
-
-    fig = Figure(figsize=(max(3.6 * len(panels) + 0.8, 7.5), 4.6), layout="constrained")
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    train_ns, test_ns, ks = [], [], []
-    for ax, size in zip(axes, panels):
-        absent = []
-        for r in sorted((r for r in mine if r.train_size == size), key=lambda r: r.run.job_number):
-            if r.marginal is None:
-                absent.append(f"job {r.run.job}: " + ("failed" if r.run.status == "failed" else "no curve"))
-                continue
-            c, colour = r.marginal, colours[r.run.model or "unknown"]
-            ax.plot(c.samples_seen, c.train_log_px, "-", color=colour, lw=1.4, marker=".", ms=3)
-            ax.plot(c.samples_seen, c.test_log_px, "--", color=colour, lw=1.4, marker=".", ms=3)
-            train_ns.extend(c.train_n.tolist())
-            test_ns.extend(c.test_n.tolist())
-            ks.extend(c.k.tolist())
-        if absent:
-            ax.text(0.03, 0.97, "\n".join(absent), transform=ax.transAxes, fontsize=7, color="0.3", va="top",
-                    bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.85, "boxstyle": "round,pad=0.3"})
-        ax.set_xscale("log")
-        ax.set_title(_n_train_title(size))
-        ax.set_xlabel(X_LABEL)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.grid(True, which="minor", alpha=0.1)
-    axes[0].set_ylabel(FIG3_Y_LABEL.format(k=_counts(ks)))
-    if ylim is not None:
-        axes[0].set_ylim(*ylim)
-
-    handles = []
-    for m in models:
-        handles.append(Line2D([], [], color=colours[m], ls="-", label=f"{model_label(m)} (train)"))
-        handles.append(Line2D([], [], color=colours[m], ls="--", label=f"{model_label(m)} (test)"))
-    axes[0].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
-    fig.suptitle(
-        f"{dataset_name(dataset)}: estimated marginal likelihood ({UNITS}) vs training samples evaluated\n"
-        f"train = fixed subset of the training set, n = {_counts(train_ns)}; test = fixed subset of the test split,"
-        f" n = {_counts(test_ns)}\nk = {_counts(ks)} importance samples per datapoint, encoder as proposal",
-        fontsize=10,
-    )
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in (".png", ".pdf"):
-            fig.savefig(out.with_suffix(suffix), dpi=150)
-    return fig
+    return _plot_curve_panels(
+        [(r.train_size, r.run, r.marginal) for r in mine], train="train_log_px", test="test_log_px",
+        panel_title=_n_train_title, panel_order=lambda s: (s is None, s or 0),
+        figsize=lambda k: (max(3.6 * k + 0.8, 7.5), 4.6), counts=("train_n", "test_n", "k"),
+        ylabel=FIG3_Y_LABEL, suptitle=FIG3_TITLE, dataset=dataset, ylim=ylim, out=out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -797,35 +771,59 @@ def _px(array: np.ndarray) -> str:
     return f"{array.shape[0]}x{array.shape[1]} px"
 
 
+def _draw_per_dataset(number: int, datasets: list[str], out_dir: Path, draw) -> list[tuple[Path, str | None]]:
+    """draw(dataset, stem) for each data set, saving fig<number>_<dataset>.png/.pdf under out_dir.
+
+    draw returns a description of the figure (or None); one data set's trouble (AevbError) is a
+    warning that costs no other data set its figure. Returns (path, description) of what was written.
+    """
+    written: list[tuple[Path, str | None]] = []
+    for ds in datasets:
+        stem = out_dir / f"fig{number}_{ds}"
+        try:
+            desc = draw(ds, stem)
+        except AevbError as exc:
+            print(f"{PROG}: warning: no Figure {number} for {dataset_name(ds)}: {exc}", file=sys.stderr)
+            continue
+        written += [(stem.with_suffix(".png"), desc), (stem.with_suffix(".pdf"), desc and "the same, as PDF")]
+    return written
+
+
+def _warn_unfinished(runs: list[Run], no_curve: list[str], curve_file: str, consequence: str) -> None:
+    """Warn (stderr) of jobs that did not finish and of jobs (``no_curve``) without a usable curve file."""
+    bad = [r for r in runs if r.status != "ok"]
+    if bad:
+        print(f"{PROG}: warning: {len(bad)} of {len(runs)} jobs did not finish: "
+              + "; ".join(f"job {r.job} {r.status}: {r.error}" for r in bad), file=sys.stderr)
+    if no_curve:
+        print(f"{PROG}: warning: job(s) {', '.join(no_curve)} have no usable {curve_file}: {consequence}",
+              file=sys.stderr)
+
+
+def _print_written(written: list[tuple[Path, str | None]]) -> None:
+    print("wrote:")
+    for p, desc in written:
+        print(f"  {p}: {desc}" if desc else f"  {p}")
+
+
 def cmd_fig2(args) -> None:
     sweep = Path(args.sweep_dir)
     runs = collect_runs(sweep)
     out_dir = Path(args.out) if args.out else sweep
     csv_path, md_path, text = write_results(runs, out_dir, title=f"Sweep results: {sweep}")
     print(text)
-    written = [csv_path, md_path]
     datasets = sorted({r.dataset for r in runs if r.dataset})
-    for ds in datasets:
-        stem = out_dir / f"fig2_{ds}"
-        try:
-            plot_fig2(runs, out=stem, dataset=ds, ylim=tuple(args.ylim) if args.ylim else None)
-        except AevbError as exc:  # one data set's trouble must not cost the others' figures
-            print(f"{PROG}: warning: no Figure 2 for {dataset_name(ds)}: {exc}", file=sys.stderr)
-            continue
-        written += [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    bad = [r for r in runs if r.status != "ok"]
-    if bad:
-        print(f"{PROG}: warning: {len(bad)} of {len(runs)} jobs did not finish: "
-              + "; ".join(f"job {r.job} {r.status}: {r.error}" for r in bad), file=sys.stderr)
-    no_curve = [r.job for r in runs if r.status == "ok" and r.curve is None]
-    if no_curve:
-        print(f"{PROG}: warning: job(s) {', '.join(no_curve)} have no usable curve.csv: in the table, not in the plot",
-              file=sys.stderr)
+    ylim = tuple(args.ylim) if args.ylim else None
+
+    def draw(ds: str, stem: Path) -> None:
+        plot_fig2(runs, out=stem, dataset=ds, ylim=ylim)
+
+    written = [(csv_path, None), (md_path, None)] + _draw_per_dataset(2, datasets, out_dir, draw)
+    _warn_unfinished(runs, [r.job for r in runs if r.status == "ok" and r.curve is None],
+                     "curve.csv", "in the table, not in the plot")
     if not datasets:
         print(f"{PROG}: warning: no job says which data set it used, so there is no Figure 2 to draw", file=sys.stderr)
-    print("wrote:")
-    for p in written:
-        print(f"  {p}")
+    _print_written(written)
 
 
 def cmd_fig3(args) -> None:
@@ -833,36 +831,24 @@ def cmd_fig3(args) -> None:
     runs = collect_fig3_runs(sweep)
     out_dir = Path(args.out) if args.out else sweep
     print(fig3_table(runs))
-    written = []
-    datasets = sorted({r.run.dataset for r in runs if r.run.dataset})
-    for ds in datasets:
-        stem = out_dir / f"fig3_{ds}"
-        try:
-            fig = plot_fig3(runs, out=stem, dataset=ds, ylim=tuple(args.ylim) if args.ylim else None)
-        except AevbError as exc:  # one data set's trouble must not cost the others' figures
-            print(f"{PROG}: warning: no Figure 3 for {dataset_name(ds)}: {exc}", file=sys.stderr)
-            continue
+    ylim = tuple(args.ylim) if args.ylim else None
+
+    def draw(ds: str, stem: Path) -> str:
+        fig = plot_fig3(runs, out=stem, dataset=ds, ylim=ylim)
         mine = [r for r in runs if r.run.dataset == ds and r.marginal is not None]
         sizes = ", ".join(ax.get_title() for ax in fig.axes)
-        desc = (f"Figure 3, {dataset_name(ds)}: estimated log p(x) in {UNITS} vs training samples evaluated,"
+        return (f"Figure 3, {dataset_name(ds)}: estimated log p(x) in {UNITS} vs training samples evaluated,"
                 f" {len(mine)} curves, panels {sizes}; train n = {_counts(n for r in mine for n in r.marginal.train_n)},"
                 f" test n = {_counts(n for r in mine for n in r.marginal.test_n)} datapoints,"
                 f" k = {_counts(k for r in mine for k in r.marginal.k)} importance samples")
-        written += [(stem.with_suffix(".png"), desc), (stem.with_suffix(".pdf"), "the same, as PDF")]
-    bad = [r.run for r in runs if r.run.status != "ok"]
-    if bad:
-        print(f"{PROG}: warning: {len(bad)} of {len(runs)} jobs did not finish: "
-              + "; ".join(f"job {r.job} {r.status}: {r.error}" for r in bad), file=sys.stderr)
-    no_curve = [r.run.job for r in runs if r.marginal is None]
-    if no_curve:
-        print(f"{PROG}: warning: job(s) {', '.join(no_curve)} have no usable marginal_curve.csv: not in the plot",
-              file=sys.stderr)
+
+    written = _draw_per_dataset(3, sorted({r.run.dataset for r in runs if r.run.dataset}), out_dir, draw)
+    _warn_unfinished([r.run for r in runs], [r.run.job for r in runs if r.marginal is None],
+                     "marginal_curve.csv", "not in the plot")
     if not written:
         raise AevbError(f"no Figure 3 drawn from {sweep}: no job has a marginal_curve.csv with a known data set"
                         " (run the sweep with experiment=fig3_mnist)")
-    print("wrote:")
-    for p, desc in written:
-        print(f"  {p}: {desc}")
+    _print_written(written)
 
 
 def cmd_manifold(args) -> None:
@@ -926,38 +912,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("fig2", help="Figure 2 (ELBO vs training samples, one panel per N_z) and results.csv/.md of a sweep")
-    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a finished multirun directory (job folders 0/, 1/, ...)")
-    p.add_argument("--out", metavar="DIR", help="where to write fig2_<dataset>.png/.pdf and results.csv/.md"
-                   " (default: SWEEP_DIR)")
-    p.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"), help="y-axis range in nats per datapoint")
-    p.set_defaults(func=cmd_fig2)
+    def command(name: str, func, help_text: str, target: str, out: str):
+        """A subcommand taking SWEEP_DIR (target "sweep") or CKPT (target "ckpt") and --out."""
+        p = sub.add_parser(name, help=help_text)
+        if target == "sweep":
+            p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a finished multirun directory (job folders 0/, 1/, ...)")
+            p.add_argument("--out", metavar="DIR", help=out)
+            p.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"), help="y-axis range in nats per datapoint")
+        else:
+            p.add_argument("ckpt", metavar="CKPT", help="checkpoint, or a run directory with checkpoints/last.ckpt")
+            p.add_argument("--out", metavar="FILE", help=out)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("fig3", help="Figure 3 (estimated log p(x) vs training samples, one panel per training-set size)"
-                       " of a sweep run with experiment=fig3_mnist")
-    p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a finished multirun directory (job folders 0/, 1/, ...)")
-    p.add_argument("--out", metavar="DIR", help="where to write fig3_<dataset>.png/.pdf (default: SWEEP_DIR)")
-    p.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"), help="y-axis range in nats per datapoint")
-    p.set_defaults(func=cmd_fig3)
+    command("fig2", cmd_fig2, "Figure 2 (ELBO vs training samples, one panel per N_z) and results.csv/.md of a sweep",
+            "sweep", "where to write fig2_<dataset>.png/.pdf and results.csv/.md (default: SWEEP_DIR)")
+    command("fig3", cmd_fig3, "Figure 3 (estimated log p(x) vs training samples, one panel per training-set size)"
+            " of a sweep run with experiment=fig3_mnist",
+            "sweep", "where to write fig3_<dataset>.png/.pdf (default: SWEEP_DIR)")
 
-    p = sub.add_parser("manifold", help="Figure 4: the learned 2-D manifold of an N_z = 2 model")
-    p.add_argument("ckpt", metavar="CKPT", help="checkpoint, or a run directory with checkpoints/last.ckpt")
-    p.add_argument("--out", metavar="FILE", help="image file (default: <run dir>/manifold.png)")
+    p = command("manifold", cmd_manifold, "Figure 4: the learned 2-D manifold of an N_z = 2 model",
+                "ckpt", "image file (default: <run dir>/manifold.png)")
     p.add_argument("--grid", type=int, default=20, help="images per side of the grid (default: 20)")
-    p.set_defaults(func=cmd_manifold)
 
-    p = sub.add_parser("samples", help="random samples z ~ N(0, I) decoded to mean images, in a square grid")
-    p.add_argument("ckpt", metavar="CKPT", help="checkpoint, or a run directory with checkpoints/last.ckpt")
-    p.add_argument("--out", metavar="FILE", help="image file (default: <run dir>/samples.png)")
+    p = command("samples", cmd_samples, "random samples z ~ N(0, I) decoded to mean images, in a square grid",
+                "ckpt", "image file (default: <run dir>/samples.png)")
     p.add_argument("--n", type=int, default=100, help="number of samples (default: 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent draws (default: 0)")
-    p.set_defaults(func=cmd_samples)
 
-    p = sub.add_parser("reconstructions", help="first test images (top) and their reconstructions (bottom)")
-    p.add_argument("ckpt", metavar="CKPT", help="checkpoint, or a run directory with checkpoints/last.ckpt")
-    p.add_argument("--out", metavar="FILE", help="image file (default: <run dir>/reconstructions.png)")
+    p = command("reconstructions", cmd_reconstructions, "first test images (top) and their reconstructions (bottom)",
+                "ckpt", "image file (default: <run dir>/reconstructions.png)")
     p.add_argument("--n", type=int, default=10, help="number of test images (default: 10)")
-    p.set_defaults(func=cmd_reconstructions)
 
     p = sub.add_parser("fig5", help="Figure 5: several models' random samples side by side, titled by N_z")
     p.add_argument("ckpts", nargs="+", metavar="CKPT", help="checkpoints (or run directories), e.g. N_z = 2, 5, 10, 20")
