@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 # Experiment knobs: SAMPLES = training samples evaluated per run (default: the experiment's,
 # paper scale 10^8 for Figure 2); LAUNCHER = a hydra/launcher option (local_parallel, slurm,
-# submitit_local, ...); TRAINER = cpu | gpu | ddp.
+# submitit_local, ...); TRAINER = cpu | gpu (| ddp with LAUNCHER=slurm only: a local sweep cannot
+# host DDP ranks, which Lightning starts by re-running the command line).
 SAMPLES  ?=
 LAUNCHER ?=
 TRAINER  ?=
@@ -72,10 +73,15 @@ fig5-figures:
 	$(BIN)/aevb-figures reconstructions $(SWEEPS)/fig5_mnist/3 --out $(FIGURES)/reconstructions_mnist.png
 
 figures: install
-	@for s in fig2_mnist fig2_frey; do [ -d $(SWEEPS)/$$s ] && $(BIN)/aevb-figures fig2 $(SWEEPS)/$$s --out $(FIGURES) || echo "skip $$s: no runs in $(SWEEPS)/$$s"; done
-	@[ -d $(SWEEPS)/fig3_mnist ] && $(BIN)/aevb-figures fig3 $(SWEEPS)/fig3_mnist --out $(FIGURES) || echo "skip fig3: no runs in $(SWEEPS)/fig3_mnist"
-	@[ -d $(SWEEPS)/fig4_mnist ] && [ -d $(SWEEPS)/fig4_frey ] && $(MAKE) --no-print-directory fig4-figures || echo "skip fig4: no runs"
-	@[ -d $(SWEEPS)/fig5_mnist ] && $(MAKE) --no-print-directory fig5-figures || echo "skip fig5: no runs"
+	@for s in fig2_mnist fig2_frey; do \
+	  if [ -d $(SWEEPS)/$$s ]; then $(BIN)/aevb-figures fig2 $(SWEEPS)/$$s --out $(FIGURES) || exit 1; \
+	  else echo "skip $$s: no runs in $(SWEEPS)/$$s"; fi; done
+	@if [ -d $(SWEEPS)/fig3_mnist ]; then $(BIN)/aevb-figures fig3 $(SWEEPS)/fig3_mnist --out $(FIGURES); \
+	  else echo "skip fig3: no runs in $(SWEEPS)/fig3_mnist"; fi
+	@if [ -d $(SWEEPS)/fig4_mnist ] && [ -d $(SWEEPS)/fig4_frey ]; then $(MAKE) --no-print-directory fig4-figures; \
+	  else echo "skip fig4: no runs in $(SWEEPS)/fig4_mnist and $(SWEEPS)/fig4_frey"; fi
+	@if [ -d $(SWEEPS)/fig5_mnist ]; then $(MAKE) --no-print-directory fig5-figures; \
+	  else echo "skip fig5: no runs in $(SWEEPS)/fig5_mnist"; fi
 
 clean:
 	rm -rf logs .pytest_cache

@@ -138,19 +138,32 @@ def test_wrong_array_shape_is_reported(mirror_copy):
         _setup(MNISTDataModule, mirror=str(mirror_copy), verify_checksums=False)
 
 
-def test_missing_mirror_folder_and_missing_file(tmp_path, mirror_copy):
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every download fails fast: nothing listens on the proxy's port."""
+    monkeypatch.delenv("AEVB_DATA_MIRROR", raising=False)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.setenv("no_proxy", "")
+
+
+def test_missing_mirror_folder_and_missing_file(tmp_path, mirror_copy, no_network):
     with pytest.raises(DataError, match="is not a folder"):
         _setup(MNISTDataModule, mirror=str(tmp_path / "nowhere"))
     (mirror_copy / "frey" / "frey_rawface.mat").unlink()
-    with pytest.raises(DataError, match="frey/frey_rawface.mat is missing from the data mirror"):
-        _setup(FreyFaceDataModule, mirror=str(mirror_copy))
+    with pytest.raises(DataError, match="frey/frey_rawface.mat is missing from the data mirror .* and the download failed"):
+        _setup(FreyFaceDataModule, mirror=str(mirror_copy), data_dir=str(tmp_path / "empty"))
 
 
-def test_no_data_and_no_network_says_how_to_point_at_a_local_copy(tmp_path, monkeypatch):
-    monkeypatch.delenv("AEVB_DATA_MIRROR", raising=False)
-    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: every download fails fast
-    monkeypatch.setenv("no_proxy", "")
+
+def test_file_missing_from_the_mirror_is_found_in_data_dir(mirror, mirror_copy, tmp_path, no_network):
+    (mirror_copy / "frey" / "frey_rawface.mat").unlink()
+    shutil.copytree(mirror / "frey", tmp_path / "local" / "frey")
+    dm = _setup(FreyFaceDataModule, mirror=str(mirror_copy), data_dir=str(tmp_path / "local"))
+    assert dm.n_train == 1565
+
+
+def test_no_data_and_no_network_says_how_to_point_at_a_local_copy(tmp_path, no_network):
     with pytest.raises(DataError) as err:
         _setup(FreyFaceDataModule, data_dir=str(tmp_path))
     msg = str(err.value)
@@ -163,3 +176,15 @@ def test_local_data_dir_with_mirror_layout_works_without_mirror(mirror, tmp_path
     shutil.copytree(mirror / "frey", tmp_path / "frey")
     dm = _setup(FreyFaceDataModule, data_dir=str(tmp_path))
     assert dm.n_train == 1565
+
+
+def test_under_ddp_each_eval_datapoint_goes_to_exactly_one_rank_and_train_order_agrees(frey):
+    seen, orders = [], []
+    for rank in (0, 1):
+        frey.trainer = types.SimpleNamespace(world_size=2, global_rank=rank, current_epoch=3)
+        seen += [x for batch in frey.eval_dataloader("test", distributed=True) for x in batch]
+        orders.append([idx for batch in frey.train_dataloader().sampler for idx in batch])
+    frey.trainer = None
+    assert len(seen) == 200  # 200 test frames, no padding by repetition
+    assert torch.equal(torch.stack(seen).sum(0), frey.splits["test"].sum(0))
+    assert orders[0] == orders[1] and sorted(orders[0]) != orders[0]  # both ranks draw the same epoch order before Lightning deals it out

@@ -32,7 +32,7 @@ def test_train_size_keeps_the_first_images_and_sets_n_train(mnist, mirror):
     # the fixed train subset of the final ELBO comes from the reduced set: min(10,000, 1,000) images of it
     assert s["train_eval"].shape == (1000, 1, 28, 28) and torch.equal(s["train_eval"], s["train"])
     assert torch.equal(s["val"], mnist.splits["val"]) and torch.equal(s["test"], mnist.splits["test"])
-    assert len(dm.train_dataloader()) == 10 and dm.steps_per_epoch() == 10  # M = 100, drop_last
+    assert len(dm.train_dataloader()) == 10  # M = 100, drop_last
 
     assert MNISTDataModule(mirror=str(mirror), val_size=5000, train_size=55_000).train_size == 55_000
     for bad in (0, -1, 50_001, True, 2.5):

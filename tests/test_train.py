@@ -110,3 +110,15 @@ def test_aevb_eval_estimates_log_px_above_the_elbo(mnist_run, tmp_path):
     assert "nats per datapoint" in proc.stdout
     bad = subprocess.run([str(exe), str(tmp_path / "missing")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == f"aevb-eval: error: checkpoint {tmp_path / 'missing'} not found"
+
+
+def test_ddp_on_two_cpu_processes_counts_every_rank_and_every_datapoint_once(mirror, tmp_path):
+    proc = run_cli("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=frey_face",
+                   "model.latent_dim=5", "max_samples=8000", "logger=csv", "callbacks.progress_bar=null",
+                   f"hydra.run.dir={tmp_path}", env_extra={"AEVB_DATA_MIRROR": str(mirror)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # 40 steps x 100 datapoints x 2 ranks; the 200 val/test frames in one batch per rank, none repeated
+    assert summary["samples_seen"] == 8000 and summary["global_step"] == 40
+    assert summary["test/n_datapoints"] == 200 and summary["test/elbo"] > 0
+    assert "budget: 8,000 training samples = 40 steps of 200" in proc.stdout

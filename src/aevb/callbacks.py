@@ -20,11 +20,11 @@ class EpochReport(L.Callback):
         if val is None:
             return
         train = m.get("train/elbo")
-        n_val = trainer.datamodule.split_size("val") if trainer.datamodule is not None else "?"
+        n_val = f"{trainer.datamodule.split_size('val'):,}" if trainer.datamodule is not None else "?"
         train_txt = f" | train ELBO {float(train):9.2f} (running mean, previous epoch)" if train is not None else ""
         print(
             f"epoch {trainer.current_epoch:>4} | {getattr(pl_module, 'samples_seen', 0):>12,} training samples"
-            f" | val ELBO {float(val):9.2f} nats/datapoint ({n_val:,} val images){train_txt}",
+            f" | val ELBO {float(val):9.2f} nats/datapoint ({n_val} val images){train_txt}",
             flush=True,
         )
 
@@ -79,11 +79,19 @@ class ElboCurve(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if pl_module.samples_seen >= self._next:
-            self.evaluate(trainer, pl_module)
+            self._evaluate_apart(trainer, pl_module)
             self._next = self.next_point(pl_module.samples_seen)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.samples_seen != self.last_evaluated:
+            self._evaluate_apart(trainer, pl_module)
+
+    def _evaluate_apart(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Evaluate on forked RNG streams: whether or how often a curve is drawn never changes training."""
+        import torch
+
+        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
             self.evaluate(trainer, pl_module)
 
     @staticmethod

@@ -24,6 +24,9 @@ def load_model(ckpt_path: str | Path, map_location: str = "cpu", data_module=Non
     if "aevb_config" not in ckpt:
         raise AevbError(f"{path} was not written by aevb-train (no aevb_config inside)")
     cfg = OmegaConf.create(ckpt["aevb_config"])
+    mirror = cfg.data.get("mirror")
+    if mirror and not Path(mirror).is_dir():
+        cfg.data.mirror = None  # written on another machine: fall back to $AEVB_DATA_MIRROR / data_dir
     dm, model = build(cfg, data_module=data_module)
     model.load_state_dict(ckpt["state_dict"])
     model.on_load_checkpoint(ckpt)

@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from aevb.cli import CONF_DIR, check_values, fail, find_user_error, preflight
-from aevb.errors import AevbError
+from aevb.errors import AevbError, ConfigError
 from aevb.wandb_mode import register_resolver
 
 PROG = "aevb-train"
@@ -43,7 +43,7 @@ def final_evaluation(trainer, model, dm) -> dict:
     out: dict = {}
     for prefix, split in FINAL_SPLITS:
         model.eval_split = split
-        res = trainer.test(model, dataloaders=dm.eval_dataloader(split), verbose=False)[0]
+        res = trainer.test(model, dataloaders=dm.eval_dataloader(split, distributed=True), verbose=False)[0]
         for term in ("elbo", "recon", "kl"):
             out[f"{prefix}/{term}"] = float(res[f"{prefix}/{term}"])
         out[f"{prefix}/n_datapoints"] = dm.split_size(split)
@@ -89,14 +89,16 @@ def run(cfg: DictConfig) -> dict:
 
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
-    extra = {}
-    if cfg.get("max_samples"):
-        per_step = dm.batch_size * _world_size(cfg.trainer)
-        extra = {"max_steps": math.ceil(int(cfg.max_samples) / per_step), "max_epochs": -1}
-        print(f"budget: {int(cfg.max_samples):,} training samples = {extra['max_steps']:,} steps of {per_step}", flush=True)
+    _refuse_ddp_in_local_sweep(cfg)
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
                           enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
-                          enable_progress_bar=any("ProgressBar" in type(c).__name__ for c in callbacks), **extra)
+                          enable_progress_bar=any("ProgressBar" in type(c).__name__ for c in callbacks),
+                          **({"max_epochs": -1} if cfg.get("max_samples") else {}))
+    if cfg.get("max_samples"):
+        per_step = dm.batch_size * trainer.world_size  # the real world size, whatever `devices` said
+        trainer.fit_loop.epoch_loop.max_steps = math.ceil(int(cfg.max_samples) / per_step)
+        print(f"budget: {int(cfg.max_samples):,} training samples = {trainer.max_steps:,} steps of {per_step}",
+              flush=True)
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     if trainer.checkpoint_callback is not None:
         # ModelCheckpoint saves at validation; the model the summary describes is the one after fit
@@ -122,13 +124,14 @@ def run(cfg: DictConfig) -> dict:
     return summary
 
 
-def _world_size(trainer_cfg: DictConfig) -> int:
-    devices = trainer_cfg.get("devices", 1)
-    if isinstance(devices, int) and devices > 0:
-        return devices * int(trainer_cfg.get("num_nodes", 1))
-    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        return len(devices) * int(trainer_cfg.get("num_nodes", 1))
-    return 1
+def _refuse_ddp_in_local_sweep(cfg: DictConfig) -> None:
+    """Lightning starts DDP ranks by re-running the command line; inside a local multirun each rank
+    would start the whole sweep again. Under SLURM (or torchrun) the ranks already exist."""
+    strategy = str(cfg.trainer.get("strategy") or "")
+    launched = any(os.environ.get(v) for v in ("SLURM_NTASKS", "LOCAL_RANK", "WORLD_SIZE"))
+    if "ddp" in strategy and _is_multirun() and not launched:
+        raise ConfigError("trainer=ddp inside a sweep needs hydra/launcher=slurm with"
+                          " hydra.launcher.tasks_per_node=<trainer.devices>; locally, sweep with one device per job")
 
 
 def _log_images(loggers, model, dm, summary: dict) -> None:

@@ -14,7 +14,7 @@ import zlib
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from aevb.errors import require
 
@@ -32,6 +32,25 @@ class TensorBatches(Dataset):
 
     def __getitem__(self, idx) -> Tensor:
         return self.x[idx]
+
+
+class EpochShuffle(Sampler):
+    """A random order that is a function of (seed, epoch) alone.
+
+    Every DDP rank draws the same order (Lightning then deals its batches out), and a run
+    resumed at epoch e sees the order the uninterrupted run would have seen; nothing that
+    consumes the global RNG (an evaluation on rank zero, say) can change it.
+    """
+
+    def __init__(self, n: int, seed: int, epoch):
+        self.n, self.seed, self.epoch = n, seed, epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.epoch()))
+        return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -54,6 +73,7 @@ class ImageDataModule(L.LightningDataModule):
         binarize: str = "none",
         binarize_seed: int = 0,
         train_eval_size: int = 10000,
+        seed: int = 0,
         likelihood: str = "bernoulli",
         paper_hidden_dim: int = 500,
     ):
@@ -68,10 +88,9 @@ class ImageDataModule(L.LightningDataModule):
         self.binarize = binarize
         self.binarize_seed = binarize_seed
         self.train_eval_size = train_eval_size
-        # The observation model and hidden width the paper pairs with this data set;
-        # the model and net configs read them by interpolation.
-        self.likelihood = likelihood
-        self.paper_hidden_dim = paper_hidden_dim
+        self.seed = seed  # of the training order (see EpochShuffle)
+        # ``likelihood`` and ``paper_hidden_dim`` are the observation model and hidden width the paper
+        # pairs with this data set; the decoder and net configs read them by interpolation, not from here.
         self.splits: dict[str, Tensor] = {}
 
     # -- what subclasses provide ------------------------------------------------------------
@@ -126,11 +145,26 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         return len(self.splits[split])
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False, drop_last: bool = False,
+                distributed: bool = False) -> DataLoader:
         self.setup()
         ds = TensorBatches(self.splits[split])
-        base = RandomSampler(ds) if shuffle else SequentialSampler(ds)
-        return DataLoader(ds, sampler=BatchSampler(base, batch_size, drop_last=drop_last), batch_size=None)
+        if shuffle:
+            base = EpochShuffle(len(ds), self.seed, lambda: self.trainer.current_epoch if self.trainer else 0)
+        else:
+            base = SequentialSampler(ds)
+        world = self.trainer.world_size if distributed and self.trainer is not None else 1
+        if world > 1:  # every rank needs at least one batch
+            batch_size = min(batch_size, math.ceil(len(ds) / world))
+        batches = BatchSampler(base, batch_size, drop_last=drop_last)
+        if world > 1:
+            # Lightning's default wrapper pads by repeating batches, which would count some datapoints
+            # twice in val/test means; this one deals each batch to exactly one rank.
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
+
+            batches = UnrepeatedDistributedSamplerWrapper(
+                batches, num_replicas=world, rank=self.trainer.global_rank, shuffle=False)
+        return DataLoader(ds, sampler=batches, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
         # drop_last keeps every step at exactly M datapoints, so samples_seen = steps * M.
@@ -141,14 +175,12 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader("train", self.batch_size, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, shuffle=False, drop_last=False)
+        return self._loader("val", self.eval_batch_size, distributed=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False, drop_last=False)
+        return self._loader("test", self.eval_batch_size, distributed=True)
 
-    def eval_dataloader(self, split: str) -> DataLoader:
-        """Loader over ``train_eval`` (fixed train subset), ``val`` or ``test``."""
-        return self._loader(split, self.eval_batch_size, shuffle=False, drop_last=False)
-
-    def steps_per_epoch(self) -> int:
-        return math.floor(self.n_train / self.batch_size)
+    def eval_dataloader(self, split: str, distributed: bool = False) -> DataLoader:
+        """Loader over ``train_eval`` (fixed train subset), ``val`` or ``test``; whole split on this rank
+        unless ``distributed`` (then each rank gets its own share of the batches)."""
+        return self._loader(split, self.eval_batch_size, distributed=distributed)

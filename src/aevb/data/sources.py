@@ -3,7 +3,8 @@
 Lookup order for each file: the mirror folder (``data.mirror`` or the
 ``AEVB_DATA_MIRROR`` environment variable, laid out like ``../shared/data``:
 ``mnist/*.gz``, ``frey/frey_rawface.mat``), then ``data_dir`` (same layout),
-then a download from the canonical source into ``data_dir``. Whatever is
+then a download from the canonical source into ``data_dir``. A mirror that is
+named but is not a folder is an error (a typo must not turn into a download). Whatever is
 found is checked on the md5 of its *uncompressed* content, so a recompressed
 but byte-exact ``.gz`` passes and anything else fails with a clear message.
 """
@@ -81,13 +82,14 @@ def locate(
     download: Callable[[Path], None] | None,
     check: bool = True,
 ) -> bytes:
-    """Find, (maybe) download, and verify one raw file; return its uncompressed content."""
+    """Find, (maybe) download, and verify one raw file; return its uncompressed content.
+
+    The mirror is tried first, then ``data_dir``, then the download (into ``data_dir``).
+    """
     root = mirror_root(mirror)
-    if root is not None:
-        path = root / spec.relpath
-        if not path.is_file():
-            raise DataError(f"{dataset}: {spec.relpath} is missing from the data mirror {root}")
-        return verified_content(path, spec, check)
+    if root is not None and (root / spec.relpath).is_file():
+        return verified_content(root / spec.relpath, spec, check)
+    where = f"the data mirror {root} and {Path(data_dir).resolve()}" if root else str(Path(data_dir).resolve())
     local = Path(data_dir) / spec.relpath
     if not local.is_file() and download is not None:
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -95,13 +97,13 @@ def locate(
             download(local)
         except Exception as exc:  # network errors come in many types; all mean the same here
             raise DataError(
-                f"{dataset}: {spec.name} is not in {Path(data_dir).resolve()} and the download failed"
+                f"{dataset}: {spec.relpath} is missing from {where}, and the download failed"
                 f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'});"
                 f" point at a local copy with {MIRROR_ENV}=/path/to/data (laid out like ../shared/data)"
                 " or data.mirror=/path/to/data"
             ) from None
     if not local.is_file():
-        raise DataError(f"{dataset}: {local} not found; set {MIRROR_ENV}=/path/to/data or data.mirror=...")
+        raise DataError(f"{dataset}: {spec.relpath} is missing from {where}; set {MIRROR_ENV}=/path/to/data")
     return verified_content(local, spec, check)
 
 

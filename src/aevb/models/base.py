@@ -81,7 +81,10 @@ class VAEModuleBase(L.LightningModule):
         # One host sync every FINITE_CHECK_EVERY steps, not per step: stop a diverged run with a
         # clear message instead of training on and writing NaN into summary.json.
         if self.global_step % FINITE_CHECK_EVERY == 0 and self._last_train_elbo is not None:
-            if not bool(torch.isfinite(self._last_train_elbo).all()):
+            bad = (~torch.isfinite(self._last_train_elbo)).any().float()
+            if self._trainer is not None and self.trainer.world_size > 1:
+                bad = self.trainer.strategy.reduce(bad, reduce_op="sum")  # every rank stops, or none
+            if bool(bad > 0):
                 raise AevbError(
                     f"training diverged by step {self.global_step} ({self.samples_seen:,} samples): the ELBO is not"
                     " finite; lower the step size (model.optimizer.lr), or for conv/U-Net backbones use"
