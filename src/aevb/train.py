@@ -186,7 +186,10 @@ def _record_failure(exc: Exception) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    root = exc
+    while root.__cause__ is not None:  # Hydra's InstantiationException says little; its cause says what
+        root = root.__cause__
+    message = " ".join(f"{type(root).__name__}: {root}".split())[:500]
     write_json_atomic(out_dir / "failed.json", {"status": "failed", "error": message})
     print(f"{PROG}: error: job {HydraConfig.get().job.num} failed: {message}", file=sys.stderr, flush=True)
 
