@@ -60,14 +60,15 @@ def test_wandb_runs_offline_and_says_how_to_sync(mnist_run):
 
 def test_resume_continues_the_count_from_the_last_checkpoint(mnist_run, mirror, tmp_path):
     run_dir, _ = mnist_run
-    proc = run_cli("max_samples=40000", "logger=csv", "callbacks.progress_bar=null",
+    proc = run_cli("max_samples=60000", "logger=csv", "callbacks.progress_bar=null",
                    f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}",
                    env_extra={"AEVB_DATA_MIRROR": str(mirror)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.loads((run_dir / "summary.json").read_text())
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["samples_seen"] == 40_000 and summary["global_step"] == 400
-    assert summary["test/elbo"] > first["test/elbo"]
+    assert summary["samples_seen"] == 60_000 and summary["global_step"] == 600
+    # the bound climbs about 10 nats from 3 to 6 x 10^4 samples here; steps of 10^4 are within its wobble
+    assert summary["test/elbo"] > first["test/elbo"] + 3
 
 
 def test_short_frey_face_run_improves_elbo(mirror, tmp_path):
