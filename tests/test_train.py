@@ -55,6 +55,8 @@ def test_wandb_runs_offline_and_says_how_to_sync(mnist_run):
     run_dir, proc = mnist_run
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and any(offline_runs[0].rglob("*.wandb"))
+    images = {p.name.split("_")[0] for p in (offline_runs[0] / "files" / "media").rglob("*.png")}
+    assert {"samples", "reconstructions"} <= images  # the figures' pictures, per run
     assert f"wandb sync {offline_runs[0]}" in proc.stdout
 
 
