@@ -52,7 +52,7 @@ CURVE_COLUMNS = ("samples_seen", "train_elbo", "test_elbo", "train_n", "test_n")
 MANIFOLD_RANGE = (0.05, 0.95)  # open unit square: the inverse Gaussian CDF is infinite at 0 and 1
 
 RESULT_COLUMNS = (
-    "job", "status", "dataset", "model", "latent_dim", "samples_seen",
+    "job", "status", "dataset", "model", "backbone", "latent_dim", "samples_seen",
     "train_elbo", "train_n", "val_elbo", "val_n", "test_elbo", "test_n",
     "units", "wall_time_s", "curve_points", "error",
 )
@@ -287,6 +287,7 @@ def result_rows(runs: list[Run]) -> list[dict]:
             "status": r.status,
             "dataset": r.dataset or "",
             "model": r.model or "",
+            "backbone": s.get("backbone", ""),
             "latent_dim": r.latent_dim if r.latent_dim is not None else "",
             "samples_seen": s.get("samples_seen", ""),
             "train_elbo": s.get("train/elbo", ""),
@@ -320,9 +321,9 @@ def results_markdown(runs: list[Run], title: str = "Sweep results") -> str:
         f"Final ELBO in {UNITS} (higher is better); (n) = datapoints evaluated. train = the final model on a"
         " fixed subset of the training split; val and test = the whole validation and test splits. " + status + ".",
         "",
-        "| job | status | dataset | model | N_z | training samples | train ELBO (n) | val ELBO (n) | test ELBO (n) |"
+        "| job | status | dataset | model | backbone | N_z | training samples | train ELBO (n) | val ELBO (n) | test ELBO (n) |"
         " wall time (s) | error |",
-        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in result_rows(runs):
         def elbo(split: str) -> str:
@@ -332,7 +333,7 @@ def results_markdown(runs: list[Run], title: str = "Sweep results") -> str:
             return f"{_num(row[f'{split}_elbo'], '.2f')}" + (f" ({n})" if n else "")
 
         lines.append("| " + " | ".join(_md_cell(c) for c in (
-            row["job"], row["status"], row["dataset"], row["model"], row["latent_dim"],
+            row["job"], row["status"], row["dataset"], row["model"], row["backbone"], row["latent_dim"],
             _num(row["samples_seen"], ","), elbo("train"), elbo("val"), elbo("test"),
             _num(row["wall_time_s"], ".1f"), row["error"],
         )) + " |")

@@ -111,6 +111,7 @@ def run(cfg: DictConfig) -> dict:
         "dataset": dm.name,
         "latent_dim": int(cfg.model.latent_dim),
         "model": type(model).__name__,
+        "backbone": f"{type(model.encoder).__name__} / {type(model.decoder).__name__}",
         "global_step": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "wall_time_s": round(time.time() - started, 1),
