@@ -92,12 +92,12 @@ def warmed(images):
 
 def test_weight_prior_shares_add_up():
     model = make_model(n_train=1000, init_std=None)
-    dec = model.weight_prior_of(model.decoder.parameters())
-    enc = model.weight_prior_of(model.encoder.parameters())
+    dec = model.weight_prior_term(model.decoder.parameters())
+    enc = model.weight_prior_term(model.encoder.parameters())
     assert dec > 0 and enc > 0
     torch.testing.assert_close(dec + enc, model.weight_prior_term())
     off = make_model(n_train=1000, weight_prior=False)
-    assert float(off.weight_prior_of(off.decoder.parameters())) == 0.0
+    assert float(off.weight_prior_term(off.decoder.parameters())) == 0.0
 
 
 def test_phases_touch_only_their_own_network():

@@ -21,7 +21,7 @@ class EpochReport(L.Callback):
             return
         train = m.get("train/elbo")
         n_val = f"{trainer.datamodule.split_size('val'):,}" if trainer.datamodule is not None else "?"
-        train_txt = f" | train ELBO {float(train):9.2f} (running mean, previous epoch)" if train is not None else ""
+        train_txt = f" | train ELBO {float(train):9.2f} nats/datapoint (running mean over the previous epoch)" if train is not None else ""
         print(
             f"epoch {trainer.current_epoch:>4} | {getattr(pl_module, 'samples_seen', 0):>12,} training samples"
             f" | val ELBO {float(val):9.2f} nats/datapoint ({n_val} val images){train_txt}",

@@ -62,11 +62,15 @@ class VAEModuleBase(L.LightningModule):
     def elbo_terms(self, x: Tensor) -> ElboTerms:
         return elbo(x, self.encoder, self.decoder, self.likelihood, self.n_samples, self.estimator)
 
-    def weight_prior_term(self) -> Tensor:
-        """-log N(theta; 0, I) / N_train, up to a constant: the MAP prior on the parameters, per datapoint."""
+    def weight_prior_term(self, params=None) -> Tensor:
+        """-log N(theta; 0, I) / N_train, up to a constant: the MAP prior on the parameters, per datapoint.
+
+        ``params`` restricts it to a subset (wake-sleep gives each phase its own network's share).
+        """
         if not self.weight_prior:
             return torch.zeros((), device=self.device)
-        return 0.5 * sum(p.pow(2).sum() for p in self.parameters()) / self.n_train
+        params = self.parameters() if params is None else params
+        return 0.5 * sum(p.pow(2).sum() for p in params) / self.n_train
 
     def record(self, split: str, terms: ElboTerms) -> None:
         """Accumulate per-datapoint terms; Lightning computes (and syncs, under DDP) at epoch end."""

@@ -16,8 +16,6 @@ VAEModuleBase, and the training ELBO is recorded exactly as AEVB records it.
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -45,15 +43,6 @@ class WakeSleep(VAEModuleBase):
         self.phase_meters = nn.ModuleDict({name: MeanMetric() for name in PHASE_METRICS})
 
     # -- the two phases -------------------------------------------------------------------
-    def weight_prior_of(self, params: Iterable[Tensor]) -> Tensor:
-        """The weight-prior term (0.5 ||theta||^2 / N_train) restricted to ``params``; zero when off.
-
-        Decoder share + encoder share = VAEModuleBase.weight_prior_term().
-        """
-        if not self.weight_prior:
-            return torch.zeros((), device=self.device)
-        return 0.5 * sum(p.pow(2).sum() for p in params) / self.n_train
-
     def _encode_fixed(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, logvar = self.encoder(x)
         return mean.detach(), logvar.detach()
@@ -78,10 +67,10 @@ class WakeSleep(VAEModuleBase):
         return log_normal(z, mean, logvar, batch_dims=1)
 
     def wake_loss(self, terms: ElboTerms) -> Tensor:
-        return -terms.recon.mean() + self.weight_prior_of(self.decoder.parameters())
+        return -terms.recon.mean() + self.weight_prior_term(self.decoder.parameters())
 
     def sleep_loss(self, logq: Tensor) -> Tensor:
-        return -logq.mean() + self.weight_prior_of(self.encoder.parameters())
+        return -logq.mean() + self.weight_prior_term(self.encoder.parameters())
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, x: Tensor, batch_idx: int) -> None:
