@@ -5,9 +5,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 # Experiment knobs: SAMPLES = training samples evaluated per run (default: the experiment's,
-# paper scale 10^8 for Figure 2); LAUNCHER = a hydra/launcher option (local_parallel, slurm,
-# submitit_local, ...); TRAINER = cpu | gpu (| ddp with LAUNCHER=slurm only: a local sweep cannot
-# host DDP ranks, which Lightning starts by re-running the command line).
+# paper scale 10^8 for Figure 2); LAUNCHER = a hydra/launcher option (local_parallel, gpu_parallel
+# (one job per GPU of this node, with TRAINER=gpu), slurm, submitit_local, ...); TRAINER = cpu | gpu
+# (| ddp with LAUNCHER=slurm only: a local sweep cannot host DDP ranks, which Lightning starts by
+# re-running the command line).
 SAMPLES  ?=
 LAUNCHER ?=
 TRAINER  ?=

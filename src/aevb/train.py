@@ -115,6 +115,8 @@ def run(cfg: DictConfig) -> dict:
         "global_step": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "wall_time_s": round(time.time() - started, 1),
+        "device": str(trainer.strategy.root_device),  # cuda:0 is the first of cuda_visible_devices
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # null: not set, every GPU visible
         "train_subset_note": "train/* is the final model on a fixed subset of the training split",
     })
     if trainer.is_global_zero:

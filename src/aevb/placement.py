@@ -1,0 +1,172 @@
+"""Which GPU a sweep job sees: one GPU per job for hydra/launcher=gpu_parallel, the node's GPUs for submitit_local.
+
+A job is pinned to a device through CUDA_VISIBLE_DEVICES, set in the job's own
+process before anything in it can initialise CUDA; inside the job the device is
+then ``cuda:0`` and ``trainer=gpu`` (devices: 1) needs no change.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import sys
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, open_dict
+
+from aevb.errors import ConfigError
+
+log = logging.getLogger(__name__)
+JOIN_TIMEOUT_S = 120  # a job that has handed back its result but does not exit is stopped after this
+
+
+def visible_gpus(given: Any = None) -> list[str]:
+    """The GPU ids jobs may be pinned to: ``given`` if not None, else those CUDA_VISIBLE_DEVICES
+    names that exist (all of torch.cuda.device_count() when it is unset)."""
+    if given is not None:
+        if not isinstance(given, (list, tuple, ListConfig)):
+            raise ConfigError(f"hydra.launcher.gpus must be a list of GPU ids such as [0,1], got {given!r}")
+        return [str(g).strip() for g in given]
+    import torch
+
+    count = torch.cuda.device_count()  # counts only the devices CUDA_VISIBLE_DEVICES leaves visible
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is None:
+        return [str(i) for i in range(count)]
+    return [d.strip() for d in env.split(",") if d.strip()][:count]
+
+
+def pick_slot(load: list[int], start: int, runs_per_gpu: int) -> int:
+    """Round-robin from ``start``: the least-loaded GPU with a free slot (ties: the first from start)."""
+    n = len(load)
+    order = [(start + k) % n for k in range(n)]
+    free = [i for i in order if load[i] < runs_per_gpu]
+    return min(free, key=lambda i: load[i])
+
+
+def launch_on_gpus(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+    """Run every job in a fresh process pinned to one GPU, at most ``runs_per_gpu`` per GPU at once."""
+    import cloudpickle
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import filter_overrides, setup_globals
+
+    setup_globals()
+    gpus, per_gpu = launcher.gpu_list(), launcher.runs_per_gpu
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    log.info(f"gpu_parallel: {len(job_overrides)} jobs on GPUs {','.join(gpus)}, at most {per_gpu} per GPU at a time;"
+             f" sweep output dir: {sweep_dir}")
+    ctx = mp.get_context("spawn")  # a fresh interpreter per job: CUDA (maybe initialised here) is not inherited
+    singleton_state = Singleton.get_state()
+    load, next_slot = [0] * len(gpus), 0
+    pending = list(range(len(job_overrides)))
+    running: dict = {}  # receiving end of the job's pipe -> (position, slot, process)
+    results: list = [None] * len(job_overrides)
+    try:
+        while pending or running:
+            while pending and min(load) < per_gpu:
+                slot = pick_slot(load, next_slot, per_gpu)
+                next_slot = (slot + 1) % len(gpus)
+                pos = pending.pop(0)
+                idx = initial_job_idx + pos
+                payload = cloudpickle.dumps((idx, job_overrides[pos], launcher.hydra_context, launcher.config,
+                                             launcher.task_function, singleton_state))
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_job_process, args=(gpus[slot], payload, send), name=f"sweep-job-{idx}")
+                proc.start()
+                send.close()  # only the job holds the sending end now: its exit means EOF here
+                load[slot] += 1
+                running[recv] = (pos, slot, proc)
+                log.info(f"\t#{idx} on GPU {gpus[slot]} : {' '.join(filter_overrides(job_overrides[pos]))}")
+            for recv in wait(list(running)):  # read results as they come: a full pipe would block the job
+                pos, slot, proc = running.pop(recv)
+                try:
+                    data = recv.recv_bytes()
+                except EOFError:
+                    data = None
+                recv.close()
+                proc.join(JOIN_TIMEOUT_S)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+                load[slot] -= 1
+                idx = initial_job_idx + pos
+                results[pos] = (cloudpickle.loads(data) if data is not None else
+                                _record_crash(launcher, job_overrides[pos], idx, gpus[slot], proc.exitcode))
+    finally:
+        for _, _, proc in running.values():  # interrupted: leave no job behind
+            proc.kill()
+            proc.join()
+    return results
+
+
+def _job_process(gpu: str, payload: bytes, conn) -> None:
+    """Entry point of a job's process: pin the GPU first, then run the job as Hydra's joblib launcher does."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    import cloudpickle
+    from hydra_plugins.hydra_joblib_launcher._core import execute_job
+
+    ret = execute_job(*cloudpickle.loads(payload))
+    conn.send_bytes(cloudpickle.dumps(ret))
+    conn.close()
+
+
+def _record_crash(launcher, overrides: Sequence[str], idx: int, gpu: str, exitcode: int | None):
+    """A job process that died without a result (killed, out of memory, a crash in native code) is
+    recorded as aevb records a failed job: failed.json in its folder, the sweep goes on."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from aevb.train import PROG, write_json_atomic
+
+    how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+    message = f"job process on GPU {gpu} ended without a result ({how})"
+    job_dir = _job_dir(launcher, overrides, idx)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    if not (job_dir / "failed.json").is_file():  # keep the job's own record of its failure, if it wrote one
+        write_json_atomic(job_dir / "failed.json", {"status": "failed", "error": message})
+    print(f"{PROG}: error: job {idx} failed: {message}", file=sys.stderr, flush=True)
+    # COMPLETED with no value, as aevb-train's own handler returns for a failed job: the sweep
+    # report (aevb.sweep.SweepSummary) then names it and the exit status is 1.
+    ret = JobReturn(overrides=list(overrides), working_dir=str(job_dir), status=JobStatus.COMPLETED)
+    ret.return_value = None
+    return ret
+
+
+def _job_dir(launcher, overrides: Sequence[str], idx: int) -> Path:
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    try:
+        cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.num = idx
+        return sweep_dir / str(cfg.hydra.sweep.subdir)
+    except Exception:  # an unusual subdir pattern: fall back to Hydra's default, the job number
+        return sweep_dir / str(idx)
+
+
+class SubmititLocalGpus(Callback):
+    """hydra/launcher=submitit_local without hiding the GPUs.
+
+    submitit's local executor sets CUDA_VISIBLE_DEVICES to range(gpus_per_node) for every job,
+    so the default (null, i.e. 0) hides every GPU, and any other value ignores the GPU list of
+    the launching process. This callback gives each submitit_local job the GPUs the launching
+    process sees: all of them when hydra.launcher.gpus_per_node is null, the first N when it is N.
+    It does nothing under any other launcher.
+    """
+
+    def __init__(self) -> None:
+        self.launching_env = os.environ.get("CUDA_VISIBLE_DEVICES")  # read where the sweep is launched
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if os.environ.get("SUBMITIT_EXECUTOR") != "local":
+            return
+        n = config.hydra.launcher.get("gpus_per_node")
+        if self.launching_env is None:
+            if n is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)  # every GPU of the node
+            return  # n set: submitit's 0..n-1 are the node's first n GPUs
+        ids = [d.strip() for d in self.launching_env.split(",") if d.strip()]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids if n is None else ids[:int(n)])
