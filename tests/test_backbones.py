@@ -182,7 +182,7 @@ def _build(overrides, data_module=None):
     from conftest import compose
 
     from aevb.cli import check_values
-    from aevb.train import build
+    from aevb.building import build
 
     cfg = compose(["model.init_std=null", *overrides])
     check_values(cfg)
@@ -209,7 +209,7 @@ def test_hydra_builds_each_backbone_for_frey_face(net, mirror):
     """The data module comes from the config too: sizes (28 x 20) flow from the data, not from the net config."""
     overrides = [f"net={net}", "data=frey_face", f"data.mirror={mirror}", "model.latent_dim=5", *_small(net, net)]
     cfg, dm, model = _build(overrides)
-    assert dm.data_shape == (1, 28, 20) and cfg.data.likelihood == "gaussian"
+    assert dm.data_shape == (1, 28, 20) and cfg.paper.likelihood == "gaussian"
     terms = model.elbo_terms(dm.splits["test"][:4])
     assert terms.elbo.shape == (4,) and torch.isfinite(terms.elbo).all()
     assert model.sample(2).shape == (2, 1, 28, 20)

@@ -45,7 +45,7 @@ def test_every_option_of_every_group_composes(group):
 def test_paper_model_builds_from_config(mirror, data, shape, likelihood, hidden):
     from aevb.models import AEVB
     from aevb.nets.base import count_parameters
-    from aevb.train import build
+    from aevb.building import build
 
     cfg = compose([f"data={data}", f"data.mirror={mirror}", "model.latent_dim=5"])
     dm, model = build(cfg)

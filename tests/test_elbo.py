@@ -111,7 +111,7 @@ def test_training_loss_is_exactly_minus_elbo_plus_weight_prior(mnist):
     """No hidden weights: loss = -mean ELBO + 0.5 ||theta||^2 / N_train; beta only scales the KL."""
     from conftest import compose
 
-    from aevb.train import build
+    from aevb.building import build
 
     x = mnist.splits["train"][:50]
     for beta in (1.0, 2.0):

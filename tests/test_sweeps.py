@@ -12,7 +12,7 @@ TINY = ["model.latent_dim=2", "net.encoder.hidden_dim=32", "net.decoder.hidden_d
 
 
 def test_tiny_fig2_sweep_through_submitit_local_gives_summaries_and_figure(mirror, tmp_path):
-    from aevb.figures import main as figures
+    from aevb.figures_cli import main as figures
 
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "experiment=fig2_frey", "max_samples=2000", *TINY, "hydra/launcher=submitit_local",

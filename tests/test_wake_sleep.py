@@ -198,7 +198,7 @@ def test_config_composes_and_builds(datamodule):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from aevb.train import build
+    from aevb.building import build
 
     with initialize_config_dir(config_dir="/work/main/conf", version_base="1.3"):
         cfg = compose("train", overrides=["model=wake_sleep", "model.latent_dim=3"])
