@@ -12,8 +12,7 @@ import torch
 from aevb import figures_cli, plots
 from aevb.errors import ConfigError
 from aevb.runs import collect_fig3_runs
-from conftest import compose
-from test_config import run_cli
+from helpers import compose, run_cli
 
 HEADER = ["samples_seen", "train_log_px", "test_log_px", "k", "train_n", "test_n"]
 TINY = ["model.latent_dim=3", "net.encoder.hidden_dim=16", "net.decoder.hidden_dim=16"]
@@ -171,13 +170,7 @@ def test_experiment_composes_to_the_papers_small_model():
     assert cfg.max_samples == 100_000_000 and cfg.callbacks.progress_bar is None
     assert cfg.callbacks.marginal_curve._target_ == "aevb.callbacks_marginal.MarginalLikelihoodCurve"
     assert cfg.logger.wandb.group == "fig3_mnist"
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from conftest import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        hydra_cfg = hydra_compose("train", overrides=["experiment=fig3_mnist"], return_hydra_config=True).hydra
+    hydra_cfg = compose(["experiment=fig3_mnist"], return_hydra_config=True).hydra
     assert "/fig3_mnist/" in hydra_cfg.sweep.dir
     params = hydra_cfg.sweeper.params
     assert params.model == "aevb,wake_sleep" and params["data.train_size"] == "1000,50000"

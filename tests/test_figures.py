@@ -11,13 +11,10 @@ import numpy as np
 import pytest
 
 from aevb import figures_cli, pictures, plots
-from aevb.runs import collect_runs, read_curve
 from aevb.errors import AevbError
+from aevb.runs import collect_runs, read_curve
+from helpers import compose
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-DATA = Path("/work/shared/data")
-needs_data = pytest.mark.skipif(not (DATA / "frey").is_dir() or not (DATA / "mnist").is_dir(),
-                                reason=f"real data mirror {DATA} is absent")
 
 # ---------------------------------------------------------------------------------------------
 # A fabricated sweep: 2 models x 2 latent sizes (Frey Face) + one failed job
@@ -107,10 +104,20 @@ def test_fig2_command(sweep: Path, capsys):
     assert "job 4 failed" in out.err
 
 
-def test_fig2_out_dir(sweep: Path, tmp_path: Path, capsys):
+def test_fig2_out_dir(sweep: Path, tmp_path: Path, capsys, monkeypatch):
+    drawn = []  # the Figures the command saved
+
+    def plot_fig2(*args, **kwargs):
+        drawn.append(plots.plot_fig2(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(figures_cli, "plot_fig2", plot_fig2)
     out = tmp_path / "figs"
     figures_cli.main(["fig2", str(sweep), "--out", str(out), "--ylim", "-100", "1200"])
     assert {p.name for p in out.iterdir()} == {"fig2_frey_face.png", "fig2_frey_face.pdf", "results.csv", "results.md"}
+    assert len(drawn) == 1 and all(ax.get_ylim() == (-100.0, 1200.0) for ax in drawn[0].axes)  # --ylim took effect
+    figures_cli.main(["fig2", str(sweep), "--out", str(tmp_path / "auto")])
+    assert drawn[1].axes[0].get_ylim() != (-100.0, 1200.0)  # without it the data set the range
 
 
 def test_plot_fig2_panels(sweep: Path):
@@ -204,32 +211,17 @@ def test_manifold_latents():
 # ---------------------------------------------------------------------------------------------
 # Tiny real models (untrained) for the image figures
 # ---------------------------------------------------------------------------------------------
-def compose(dataset: str, latent_dim: int, tmp: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+def build(dm, latent_dim: int):
+    """An untrained tiny model (16 hidden units) on ``dm``'s data, with its composed config."""
+    import torch
 
-    from aevb.wandb_mode import register_resolver
-
-    register_resolver()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test_figures"):
-        return hydra_compose("train", overrides=[
-            f"data={dataset}", f"model.latent_dim={latent_dim}", "net.encoder.hidden_dim=16", "net.decoder.hidden_dim=16",
-            f"data.mirror={DATA}", f"paths.output_dir={tmp}", f"paths.data_dir={tmp / 'data'}",
-        ])
-
-
-_DATA_MODULES: dict = {}
-
-
-def build(dataset: str, latent_dim: int, tmp: Path):
     from aevb.building import build as aevb_build
 
-    import torch
     torch.manual_seed(0)
-    cfg = compose(dataset, latent_dim, tmp)
-    dm, model = aevb_build(cfg, data_module=_DATA_MODULES.get(dataset))
-    _DATA_MODULES[dataset] = dm
-    return cfg, dm, model.eval()
+    cfg = compose([f"data={dm.name}", f"model.latent_dim={latent_dim}", "net.encoder.hidden_dim=16",
+                   "net.decoder.hidden_dim=16", f"data.mirror={dm.mirror}"])
+    _, model = aevb_build(cfg, data_module=dm)
+    return cfg, model.eval()
 
 
 def save_ckpt(cfg, model, path: Path) -> Path:
@@ -242,21 +234,19 @@ def save_ckpt(cfg, model, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def frey(tmp_path_factory):
-    if not (DATA / "frey").is_dir():
-        pytest.skip(f"real data mirror {DATA} is absent")
+def frey_models(frey, tmp_path_factory):
+    """{N_z: (model, data module, checkpoint)} for N_z = 2 and 5 on Frey Face."""
     tmp = tmp_path_factory.mktemp("frey")
     out = {}
     for nz in (2, 5):
-        cfg, dm, model = build("frey_face", nz, tmp)
+        cfg, model = build(frey, nz)
         ckpt = save_ckpt(cfg, model, tmp / f"run_nz{nz}" / "checkpoints" / "last.ckpt")
-        out[nz] = (model, dm, ckpt)
+        out[nz] = (model, frey, ckpt)
     return out
 
 
-@needs_data
-def test_image_grids_frey(frey):
-    model, dm, _ = frey[2]
+def test_image_grids_frey(frey_models):
+    model, dm, _ = frey_models[2]
     grid = pictures.manifold_grid(model, 5)
     assert grid.shape == (5 * 28, 5 * 20)
     assert grid.min() >= 0.0 and grid.max() <= 1.0 and grid.std() > 0
@@ -268,24 +258,33 @@ def test_image_grids_frey(frey):
     assert rec.shape == (2 * 28, 10 * 20) and 0.0 <= rec.min() and rec.max() <= 1.0
     assert np.allclose(rec[:28, :20], dm.splits["test"][0, 0].numpy())  # top row is the data
     with pytest.raises(AevbError, match="N_z = 2"):
-        pictures.manifold_grid(frey[5][0], 5)
+        pictures.manifold_grid(frey_models[5][0], 5)
 
 
-@needs_data
-def test_image_grids_mnist(tmp_path):
-    _, dm, model = build("mnist", 2, tmp_path)
+def test_image_grids_mnist(mnist):
+    import torch
+
+    _, model = build(mnist, 2)
     grid = pictures.manifold_grid(model, 5)
     assert grid.shape == (5 * 28, 5 * 28) and 0.0 <= grid.min() and grid.max() <= 1.0
+    # tile (i, j) is the decoder mean at the grid's latent i * 5 + j, row-major
+    z = pictures.manifold_latents(5)
+    with torch.no_grad():
+        means = model.sample(len(z), z=z)
+    for i, j in ((0, 0), (1, 3), (4, 4)):
+        assert np.allclose(grid[i * 28:(i + 1) * 28, j * 28:(j + 1) * 28], means[i * 5 + j, 0].numpy(), atol=1e-6)
+    assert not np.allclose(grid[:28, :28], grid[-28:, -28:])  # opposite corners of the latent square differ
     samples = pictures.sample_grid(model, 16, seed=0)
     assert samples.shape == (4 * 28, 4 * 28) and 0.0 <= samples.min() and samples.max() <= 1.0
+    expected = pictures.sample_images(model, 16, seed=0)  # the same seeded draws, tiled row-major
+    assert np.allclose(samples[28:56, 56:84], expected[6, 0].numpy(), atol=1e-6)
 
 
-@needs_data
-def test_checkpoint_commands(frey, tmp_path, capsys):
+def test_checkpoint_commands(frey_models, tmp_path, capsys):
     import matplotlib.image
 
-    _, _, ckpt2 = frey[2]
-    _, _, ckpt5 = frey[5]
+    _, _, ckpt2 = frey_models[2]
+    _, _, ckpt5 = frey_models[5]
     png = tmp_path / "manifold.png"
     figures_cli.main(["manifold", str(ckpt2), "--out", str(png), "--grid", "4"])
     assert matplotlib.image.imread(png).shape[:2] == (4 * 28, 4 * 20)
@@ -306,13 +305,12 @@ def test_checkpoint_commands(frey, tmp_path, capsys):
     assert "N_z = 2, 5" in capsys.readouterr().out
 
 
-@needs_data
-def test_checkpoint_command_errors(frey, tmp_path, capsys):
+def test_checkpoint_command_errors(frey_models, tmp_path, capsys):
     for argv, message in [
-        (["manifold", str(frey[5][2])], "needs a model with N_z = 2"),
+        (["manifold", str(frey_models[5][2])], "needs a model with N_z = 2"),
         (["manifold", str(tmp_path / "nope.ckpt")], "not found"),
         (["samples", str(tmp_path)], "checkpoint not found"),
-        (["samples", str(frey[2][2]), "--n", "0"], "positive integer"),
+        (["samples", str(frey_models[2][2]), "--n", "0"], "positive integer"),
     ]:
         with pytest.raises(SystemExit) as exc:
             figures_cli.main(argv)

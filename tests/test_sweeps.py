@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from test_config import run_cli
+from helpers import run_cli
 
 TINY = ["model.latent_dim=2", "net.encoder.hidden_dim=32", "net.decoder.hidden_dim=32", "logger=csv",
         "callbacks.elbo_curve.start=500", "callbacks.elbo_curve.points_per_decade=2"]
