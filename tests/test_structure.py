@@ -100,3 +100,33 @@ def test_no_module_imports_an_entry_point():
 def test_module_size(name):
     n = len(modules()[name].read_text().splitlines())
     assert n <= MAX_LINES, f"{name} has {n} lines (at most {MAX_LINES}: split it by job)"
+
+
+def test_the_module_contract_is_explicit():
+    """What a LightningModule receives (run_config, a constructor argument that checkpoints carry)
+    and what the trainer sets (the split test_step scores, through select_eval_split) is explicit."""
+    import functools
+
+    import torch
+
+    from aevb.errors import ConfigError
+    from aevb.likelihoods import Bernoulli
+    from aevb.models import AEVB
+    from aevb.nets.mlp import MLPDecoder, MLPEncoder
+
+    def model(**kwargs):
+        return AEVB(MLPEncoder((1, 4, 4), 2, hidden_dim=3), MLPDecoder((1, 4, 4), 2, Bernoulli(), hidden_dim=3),
+                    functools.partial(torch.optim.SGD, lr=0.1), latent_dim=2, n_train=10, **kwargs)
+
+    ckpt: dict = {}
+    model(run_config={"data": {"name": "x"}}).on_save_checkpoint(ckpt)
+    assert ckpt["aevb_config"] == {"data": {"name": "x"}} and "run_config" not in model().hparams
+    plain: dict = {}
+    model().on_save_checkpoint(plain)
+    assert "aevb_config" not in plain
+    m = model()
+    assert m.eval_split == "test"
+    m.select_eval_split("train_eval")
+    assert m.eval_split == "train_eval"
+    with pytest.raises(ConfigError, match="no evaluation split 'train'"):
+        m.select_eval_split("train")  # the running training meters are not an evaluation split
