@@ -106,7 +106,7 @@ def test_aevb_eval_estimates_log_px_above_the_elbo(mnist_run, tmp_path):
     # the importance-weighted bound is tighter than the ELBO, by more than noise at this stage of training
     assert result["elbo"] + 1.0 < result["log_px"] < 0
     assert "nats per datapoint" in proc.stdout
-    bad = subprocess.run([str(exe), str(tmp_path / "missing")], capture_output=True, text=True)
+    bad = run_cli(str(tmp_path / "missing"), prog="aevb-eval")
     assert bad.returncode == 2 and bad.stderr.strip() == f"aevb-eval: error: checkpoint {tmp_path / 'missing'} not found"
 
 
