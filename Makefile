@@ -14,14 +14,13 @@ LAUNCHER ?=
 TRAINER  ?=
 SWEEPS   ?= logs/sweeps
 FIGURES  ?= logs/figures
-KNOBS = $(if $(SAMPLES),max_samples=$(SAMPLES)) $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(if $(TRAINER),trainer=$(TRAINER))
 
 # Use ../shared/data as the offline mirror when it is there and nothing else is set.
 ifneq ($(wildcard ../shared/data/mnist),)
 export AEVB_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train test test-slow fig2-mnist fig2-frey fig3 fig4 fig5 figures clean
+.PHONY: install train test test-slow fig2-mnist fig2-frey fig3 fig4 fig5 fig4-figures fig5-figures figures clean
 
 install: $(VENV)/.installed
 
@@ -40,49 +39,33 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(ARGS)
 
-# --- the paper's experiments: each trains its sweep, then draws its figure -----------------
+# --- the paper's experiments: each trains its sweep, then draws its figure (scripts/*.sh) ---
+export BIN SWEEPS FIGURES SAMPLES LAUNCHER TRAINER
+
 fig2-mnist: install
-	$(BIN)/aevb-train -m experiment=fig2_mnist hydra.sweep.dir=$(SWEEPS)/fig2_mnist $(KNOBS) $(ARGS)
-	$(BIN)/aevb-figures fig2 $(SWEEPS)/fig2_mnist --out $(FIGURES)
+	scripts/fig2.sh mnist $(ARGS)
 
 fig2-frey: install
-	$(BIN)/aevb-train -m experiment=fig2_frey hydra.sweep.dir=$(SWEEPS)/fig2_frey $(KNOBS) $(ARGS)
-	$(BIN)/aevb-figures fig2 $(SWEEPS)/fig2_frey --out $(FIGURES)
+	scripts/fig2.sh frey $(ARGS)
 
 fig3: install
-	$(BIN)/aevb-train -m experiment=fig3_mnist hydra.sweep.dir=$(SWEEPS)/fig3_mnist $(KNOBS) $(ARGS)
-	$(BIN)/aevb-figures fig3 $(SWEEPS)/fig3_mnist --out $(FIGURES)
+	scripts/fig3.sh $(ARGS)
 
 fig4: install
-	$(BIN)/aevb-train -m experiment=fig45_mnist model.latent_dim=2 hydra.sweep.dir=$(SWEEPS)/fig4_mnist $(KNOBS) $(ARGS)
-	$(BIN)/aevb-train experiment=fig4_frey hydra.run.dir=$(SWEEPS)/fig4_frey $(filter-out hydra/launcher=%,$(KNOBS)) $(ARGS)
-	$(MAKE) --no-print-directory fig4-figures
+	scripts/fig4.sh $(ARGS)
 
 fig5: install
-	$(BIN)/aevb-train -m experiment=fig45_mnist hydra.sweep.dir=$(SWEEPS)/fig5_mnist $(KNOBS) $(ARGS)
-	$(MAKE) --no-print-directory fig5-figures
+	scripts/fig5.sh $(ARGS)
 
 # --- figures only, from runs that exist -----------------------------------------------------
 fig4-figures:
-	mkdir -p $(FIGURES)
-	$(BIN)/aevb-figures manifold $(SWEEPS)/fig4_mnist/0 --out $(FIGURES)/fig4_mnist_manifold.png
-	$(BIN)/aevb-figures manifold $(SWEEPS)/fig4_frey --out $(FIGURES)/fig4_frey_manifold.png
+	scripts/fig4-figures.sh
 
 fig5-figures:
-	mkdir -p $(FIGURES)
-	$(BIN)/aevb-figures fig5 $(sort $(wildcard $(SWEEPS)/fig5_mnist/[0-9]*)) --out $(FIGURES)/fig5_mnist.png
-	$(BIN)/aevb-figures reconstructions $(SWEEPS)/fig5_mnist/3 --out $(FIGURES)/reconstructions_mnist.png
+	scripts/fig5-figures.sh
 
 figures: install
-	@for s in fig2_mnist fig2_frey; do \
-	  if [ -d $(SWEEPS)/$$s ]; then $(BIN)/aevb-figures fig2 $(SWEEPS)/$$s --out $(FIGURES) || exit 1; \
-	  else echo "skip $$s: no runs in $(SWEEPS)/$$s"; fi; done
-	@if [ -d $(SWEEPS)/fig3_mnist ]; then $(BIN)/aevb-figures fig3 $(SWEEPS)/fig3_mnist --out $(FIGURES); \
-	  else echo "skip fig3: no runs in $(SWEEPS)/fig3_mnist"; fi
-	@if [ -d $(SWEEPS)/fig4_mnist ] && [ -d $(SWEEPS)/fig4_frey ]; then $(MAKE) --no-print-directory fig4-figures; \
-	  else echo "skip fig4: no runs in $(SWEEPS)/fig4_mnist and $(SWEEPS)/fig4_frey"; fi
-	@if [ -d $(SWEEPS)/fig5_mnist ]; then $(MAKE) --no-print-directory fig5-figures; \
-	  else echo "skip fig5: no runs in $(SWEEPS)/fig5_mnist"; fi
+	scripts/figures.sh
 
 clean:
 	rm -rf logs .pytest_cache

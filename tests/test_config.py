@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import importlib.util
 
 import pytest
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, REPO, compose
+from helpers import CONF_DIR, assert_one_line_error, compose, run_cli
 
+TENSORBOARD = any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
 GROUPS = ["data", "net", "net/encoder", "net/decoder", "model", "model/optimizer", "trainer", "logger",
           "callbacks", "experiment"]
 
@@ -31,13 +29,31 @@ def _options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_every_option_of_every_group_composes(group):
+def test_every_option_of_every_group_composes(group, mnist, frey, tmp_path, monkeypatch):
+    """Every option composes and its targets instantiate: data module, networks and model (through
+    build, on the real data), callbacks, loggers and trainer (a GPU trainer only where a GPU is)."""
+    import torch
+    from hydra.utils import instantiate
+
+    from aevb.building import build
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
     options = _options(group)
     assert options, f"conf/{group} is empty"
     for option in options:
-        cfg = compose([f"{group}={option}"])
+        cfg = compose([f"{group}={option}"], output_dir=tmp_path / option)
         for target in _targets(cfg):
             assert get_object(target) is not None, f"{group}={option}: {target} does not import"
+        data = instantiate(cfg.data)  # reads no data before setup()
+        _, model = build(cfg, data_module={"mnist": mnist, "frey_face": frey}[data.name])
+        assert model.latent_dim == cfg.model.latent_dim and type(model).__name__ == cfg.model._target_.rsplit(".")[-1]
+        for node in ("callbacks", "logger"):
+            for key, sub in (cfg.get(node) or {}).items():
+                if sub is not None and not (key == "tensorboard" and not TENSORBOARD):  # optional package
+                    assert type(instantiate(sub)).__name__ == sub._target_.rsplit(".")[-1], f"{group}={option}: {key}"
+        if cfg.trainer.accelerator == "gpu" and torch.cuda.device_count() < cfg.trainer.devices:
+            continue  # composed and imported above; instantiating needs the GPUs
+        assert instantiate(cfg.trainer, logger=False, callbacks=[]).max_epochs == cfg.trainer.max_epochs
 
 
 @pytest.mark.parametrize("data,shape,likelihood,hidden", [("mnist", (1, 28, 28), "Bernoulli", 500),
@@ -45,7 +61,7 @@ def test_every_option_of_every_group_composes(group):
 def test_paper_model_builds_from_config(mirror, data, shape, likelihood, hidden):
     from aevb.models import AEVB
     from aevb.nets.base import count_parameters
-    from aevb.train import build
+    from aevb.building import build
 
     cfg = compose([f"data={data}", f"data.mirror={mirror}", "model.latent_dim=5"])
     dm, model = build(cfg)
@@ -57,23 +73,6 @@ def test_paper_model_builds_from_config(mirror, data, shape, likelihood, hidden)
     assert count_parameters(model.decoder) == 5 * hidden + hidden + hidden * n_out + n_out
     p = next(model.parameters())
     assert abs(p.std().item() - 0.01) < 0.002  # N(0, 0.01) init (std 0.01)
-
-
-def run_cli(*args: str, env_extra: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update({"WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **(env_extra or {})})
-    exe = Path(sys.executable).with_name("aevb-train")
-    return subprocess.run([str(exe), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def _assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("aevb-train: error: "), lines[0]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("args,fragments", [
@@ -88,14 +87,14 @@ def _assert_one_line_error(proc, *fragments):
 ])
 def test_bad_config_gets_one_clear_line_before_any_work(args, fragments, tmp_path):
     proc = run_cli(*args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep")
-    _assert_one_line_error(proc, *fragments)
+    assert_one_line_error(proc, *fragments)
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
 
 
 def test_bad_value_found_at_run_time_gets_one_clear_line(mirror, tmp_path):
     proc = run_cli("data.binarize=sometimes", f"data.mirror={mirror}", "logger=csv", "callbacks=none",
                    f"hydra.run.dir={tmp_path}")
-    _assert_one_line_error(proc, "data.binarize must be one of none, static, dynamic, got 'sometimes'")
+    assert_one_line_error(proc, "data.binarize must be one of none, static, dynamic, got 'sometimes'")
 
 
 def test_checksum_mismatch_through_the_cli(mirror, tmp_path):
@@ -108,4 +107,4 @@ def test_checksum_mismatch_through_the_cli(mirror, tmp_path):
     target.write_bytes(target.read_bytes()[:-10] + b"0123456789")
     proc = run_cli("data=frey_face", "logger=csv", "callbacks=none", f"hydra.run.dir={tmp_path}/run",
                    env_extra={"AEVB_DATA_MIRROR": str(bad)})
-    _assert_one_line_error(proc, "checksum mismatch", "frey_rawface.mat", "5aeb024d42b8a6091f30e5eb18c8a48d")
+    assert_one_line_error(proc, "checksum mismatch", "frey_rawface.mat", "5aeb024d42b8a6091f30e5eb18c8a48d")

@@ -11,6 +11,7 @@ from torch import distributions as D
 from aevb.elbo import elbo, kl_to_standard_normal, log_normal, log_standard_normal
 from aevb.likelihoods import Bernoulli, Gaussian, make_likelihood
 from aevb.errors import ConfigError
+from helpers import compose
 
 
 def test_analytic_kl_matches_monte_carlo():
@@ -109,9 +110,7 @@ def test_unknown_likelihood_and_estimator_are_config_errors():
 
 def test_training_loss_is_exactly_minus_elbo_plus_weight_prior(mnist):
     """No hidden weights: loss = -mean ELBO + 0.5 ||theta||^2 / N_train; beta only scales the KL."""
-    from conftest import compose
-
-    from aevb.train import build
+    from aevb.building import build
 
     x = mnist.splits["train"][:50]
     for beta in (1.0, 2.0):

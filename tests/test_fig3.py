@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from aevb import figures_cli, plots
 from aevb.errors import ConfigError
-from conftest import compose
-from test_config import run_cli
+from aevb.runs import collect_fig3_runs
+from helpers import compose, run_cli
 
 HEADER = ["samples_seen", "train_log_px", "test_log_px", "k", "train_n", "test_n"]
 TINY = ["model.latent_dim=3", "net.encoder.hidden_dim=16", "net.decoder.hidden_dim=16"]
@@ -22,7 +23,7 @@ TINY = ["model.latent_dim=3", "net.encoder.hidden_dim=16", "net.decoder.hidden_d
 # ---------------------------------------------------------------------------------------------
 def test_train_size_keeps_the_first_images_and_sets_n_train(mnist, mirror):
     from aevb.data import MNISTDataModule
-    from aevb.train import build
+    from aevb.building import build
 
     cfg = compose([f"data.mirror={mirror}", "data.train_size=1000", *TINY])
     dm, model = build(cfg)
@@ -54,7 +55,7 @@ def tiny_fit(mirror, tmp_path_factory):
 
     from aevb.callbacks import ElboCurve
     from aevb.callbacks_marginal import MarginalLikelihoodCurve
-    from aevb.train import build
+    from aevb.building import build
 
     class WithElbo(MarginalLikelihoodCurve):
         """Also records the ELBO on the very same images at every point (mean of 20 draws per datapoint)."""
@@ -169,21 +170,13 @@ def test_experiment_composes_to_the_papers_small_model():
     assert cfg.max_samples == 100_000_000 and cfg.callbacks.progress_bar is None
     assert cfg.callbacks.marginal_curve._target_ == "aevb.callbacks_marginal.MarginalLikelihoodCurve"
     assert cfg.logger.wandb.group == "fig3_mnist"
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from conftest import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        hydra_cfg = hydra_compose("train", overrides=["experiment=fig3_mnist"], return_hydra_config=True).hydra
+    hydra_cfg = compose(["experiment=fig3_mnist"], return_hydra_config=True).hydra
     assert "/fig3_mnist/" in hydra_cfg.sweep.dir
     params = hydra_cfg.sweeper.params
     assert params.model == "aevb,wake_sleep" and params["data.train_size"] == "1000,50000"
 
 
 def test_fig3_sweep_and_figure(mirror, tmp_path, capsys):
-    from aevb import figures
-
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "experiment=fig3_mnist", "max_samples=2000", "data.train_size=1000", "logger=csv",
                    "callbacks.marginal_curve.k=10", "callbacks.marginal_curve.n_datapoints=50",
@@ -205,7 +198,7 @@ def test_fig3_sweep_and_figure(mirror, tmp_path, capsys):
     assert models == {"AEVB", "WakeSleep"}
 
     capsys.readouterr()
-    figures.main(["fig3", str(sweep), "--out", str(tmp_path / "figs")])
+    figures_cli.main(["fig3", str(sweep), "--out", str(tmp_path / "figs")])
     out = capsys.readouterr().out
     png, pdf = tmp_path / "figs" / "fig3_mnist.png", tmp_path / "figs" / "fig3_mnist.pdf"
     assert png.stat().st_size > 10_000 and pdf.is_file()
@@ -229,31 +222,29 @@ def _fake_job(job_dir: Path, model: str, train_size: int | None, final: float | 
 
 
 def test_plot_fig3_panels_per_training_set_size(tmp_path, capsys):
-    from aevb import figures
-
     for i, (model, size, final) in enumerate([("AEVB", 1000, -140.0), ("WakeSleep", 1000, -160.0),
                                               ("AEVB", None, -120.0), ("WakeSleep", None, None)]):
         _fake_job(tmp_path / "sweep" / str(i), model, size, final)
-    runs = figures.collect_fig3_runs(tmp_path / "sweep")
+    runs = collect_fig3_runs(tmp_path / "sweep")
     assert [r.train_size for r in runs] == [1000, 1000, 50_000, 50_000]
     assert runs[3].marginal is None and runs[3].run.status == "failed"
-    fig = figures.plot_fig3(runs)
+    fig = plots.plot_fig3(runs)
     assert [ax.get_title() for ax in fig.axes] == ["N_train = 1000", "N_train = 50000"]
     assert "k = 100" in fig.axes[0].get_ylabel() and "nats per datapoint" in fig.axes[0].get_ylabel()
     ax = fig.axes[0]
     assert [ln.get_linestyle() for ln in ax.lines] == ["-", "--", "-", "--"]
-    assert [ln.get_color() for ln in ax.lines[::2]] == [figures.MODEL_COLOURS["AEVB"], figures.MODEL_COLOURS["WakeSleep"]]
-    figures.main(["fig3", str(tmp_path / "sweep")])
+    assert [ln.get_color() for ln in ax.lines[::2]] == [plots.MODEL_COLOURS["AEVB"], plots.MODEL_COLOURS["WakeSleep"]]
+    figures_cli.main(["fig3", str(tmp_path / "sweep")])
     captured = capsys.readouterr()
     assert (tmp_path / "sweep" / "fig3_mnist.png").is_file() and (tmp_path / "sweep" / "fig3_mnist.pdf").is_file()
     assert "| 2 | ok | AEVB | 50,000 | 100,000 | -120.01 (1,000) | -120.02 (1,000) | 100 |" in captured.out
     assert "job 3 failed: RuntimeError: boom" in captured.err
 
     with pytest.raises(SystemExit):
-        figures.main(["fig3", str(tmp_path / "sweep" / "0")])  # a job folder, not a sweep
+        figures_cli.main(["fig3", str(tmp_path / "sweep" / "0")])  # a job folder, not a sweep
     assert "not a multirun" in capsys.readouterr().err
     for job in ("0", "1", "2"):
         (tmp_path / "sweep" / job / "marginal_curve.csv").unlink()
     with pytest.raises(SystemExit):  # a sweep without the callback (e.g. a Figure 2 sweep)
-        figures.main(["fig3", str(tmp_path / "sweep")])
+        figures_cli.main(["fig3", str(tmp_path / "sweep")])
     assert "no Figure 3 drawn" in capsys.readouterr().err

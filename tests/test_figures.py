@@ -10,13 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aevb import figures
+from aevb import figures_cli, pictures, plots
 from aevb.errors import AevbError
+from aevb.runs import collect_runs, read_curve
+from helpers import compose
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-DATA = Path("/work/shared/data")
-needs_data = pytest.mark.skipif(not (DATA / "frey").is_dir() or not (DATA / "mnist").is_dir(),
-                                reason=f"real data mirror {DATA} is absent")
 
 # ---------------------------------------------------------------------------------------------
 # A fabricated sweep: 2 models x 2 latent sizes (Frey Face) + one failed job
@@ -68,7 +66,7 @@ def sweep(tmp_path: Path) -> Path:
 
 
 def test_collect_runs(sweep: Path):
-    runs = figures.collect_runs(sweep)
+    runs = collect_runs(sweep)
     assert [r.job for r in runs] == ["0", "1", "2", "3", "4"]
     assert [r.status for r in runs] == ["ok"] * 4 + ["failed"]
     assert runs[4].error == FAILED_ERROR and runs[4].latent_dim == 5 and runs[4].dataset == "frey_face"
@@ -77,7 +75,7 @@ def test_collect_runs(sweep: Path):
 
 
 def test_fig2_command(sweep: Path, capsys):
-    figures.main(["fig2", str(sweep)])
+    figures_cli.main(["fig2", str(sweep)])
     out = capsys.readouterr()
     png, pdf = sweep / "fig2_frey_face.png", sweep / "fig2_frey_face.pdf"
     assert png.stat().st_size > 10_000 and pdf.stat().st_size > 5_000
@@ -106,15 +104,25 @@ def test_fig2_command(sweep: Path, capsys):
     assert "job 4 failed" in out.err
 
 
-def test_fig2_out_dir(sweep: Path, tmp_path: Path, capsys):
+def test_fig2_out_dir(sweep: Path, tmp_path: Path, capsys, monkeypatch):
+    drawn = []  # the Figures the command saved
+
+    def plot_fig2(*args, **kwargs):
+        drawn.append(plots.plot_fig2(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(figures_cli, "plot_fig2", plot_fig2)
     out = tmp_path / "figs"
-    figures.main(["fig2", str(sweep), "--out", str(out), "--ylim", "-100", "1200"])
+    figures_cli.main(["fig2", str(sweep), "--out", str(out), "--ylim", "-100", "1200"])
     assert {p.name for p in out.iterdir()} == {"fig2_frey_face.png", "fig2_frey_face.pdf", "results.csv", "results.md"}
+    assert len(drawn) == 1 and all(ax.get_ylim() == (-100.0, 1200.0) for ax in drawn[0].axes)  # --ylim took effect
+    figures_cli.main(["fig2", str(sweep), "--out", str(tmp_path / "auto")])
+    assert drawn[1].axes[0].get_ylim() != (-100.0, 1200.0)  # without it the data set the range
 
 
 def test_plot_fig2_panels(sweep: Path):
-    runs = figures.collect_runs(sweep)
-    fig = figures.plot_fig2(runs)
+    runs = collect_runs(sweep)
+    fig = plots.plot_fig2(runs)
     axes = fig.get_axes()
     assert len(axes) == 2  # one panel per N_z
     assert [ax.get_title() for ax in axes] == ["N_z = 2", "N_z = 5"]
@@ -136,11 +144,11 @@ def test_job_without_curve_is_tabled_not_plotted(tmp_path: Path, capsys):
     _write_job(root / "0", "AEVB", 2, 700.0)
     _write_job(root / "1", "AEVB", 3, 750.0, curve=False)
     (root / "2").mkdir()  # killed before writing anything
-    figures.main(["fig2", str(root)])
+    figures_cli.main(["fig2", str(root)])
     err = capsys.readouterr().err
-    runs = figures.collect_runs(root)
+    runs = collect_runs(root)
     assert [r.status for r in runs] == ["ok", "ok", "incomplete"]
-    fig = figures.plot_fig2(runs)
+    fig = plots.plot_fig2(runs)
     assert len(fig.get_axes()) == 2
     assert len(fig.get_axes()[1].get_lines()) == 0
     with (root / "results.csv").open(newline="") as f:
@@ -159,9 +167,9 @@ def test_fig2_bad_input(tmp_path: Path, capsys, make, message):
     target = tmp_path / "sweep"
     make(target)
     with pytest.raises(AevbError, match=message):
-        figures.collect_runs(target)
+        collect_runs(target)
     with pytest.raises(SystemExit) as exc:
-        figures.main(["fig2", str(target)])
+        figures_cli.main(["fig2", str(target)])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("aevb-figures: error: ") and message in err[0]
@@ -171,29 +179,30 @@ def test_read_curve_rejects_bad_header(tmp_path: Path):
     bad = tmp_path / "curve.csv"
     bad.write_text("step,elbo\n1,2\n")
     with pytest.raises(AevbError, match="lacks column"):
-        figures.read_curve(bad)
+        read_curve(bad)
 
 
 # ---------------------------------------------------------------------------------------------
-# tile: pure numpy
+# image_grid: torchvision's make_grid, as numpy
 # ---------------------------------------------------------------------------------------------
-def test_tile_exact_sizes_and_order():
+def test_image_grid_exact_sizes_and_order():
     imgs = np.stack([np.full((1, 3, 2), k / 10) for k in range(6)])
-    out = figures.tile(imgs, 2, 3)
+    out = pictures.image_grid(imgs, 3)
     assert out.shape == (2 * 3, 3 * 2)
     assert out[0, 0] == 0.0 and out[0, 2] == pytest.approx(0.1) and out[3, 0] == pytest.approx(0.3)  # row-major
-    assert figures.tile(imgs[:5], 2, 3).shape == (6, 6)  # empty slot filled
-    assert figures.tile(imgs, 3, 2, pad=1).shape == (3 * 3 + 2, 2 * 2 + 1)
-    assert figures.tile(np.ones((4, 3, 5, 7)), 2, 2).shape == (10, 14, 3)
-    clipped = figures.tile(np.array([[[[-1.0, 2.0, np.nan]]]]), 1, 1)
+    partial = pictures.image_grid(imgs[:5], 3)
+    assert partial.shape == (6, 6) and (partial[3:, 4:] == 1.0).all()  # empty slot filled with pad_value
+    assert pictures.image_grid(imgs, 2, pad=1).shape == (3 * 3 + 2, 2 * 2 + 1)
+    assert pictures.image_grid(np.ones((4, 3, 5, 7)), 2).shape == (10, 14, 3)
+    clipped = pictures.image_grid(np.array([[[[-1.0, 2.0, np.nan]]]]), 1)
     assert clipped.tolist() == [[0.0, 1.0, 0.0]]
     with pytest.raises(ValueError):
-        figures.tile(imgs, 2, 2)
-    assert figures.square_shape(100) == (10, 10) and figures.square_shape(6) == (2, 3)
+        pictures.image_grid(imgs, 0)
+    assert pictures.square_shape(100) == (10, 10) and pictures.square_shape(6) == (2, 3)
 
 
 def test_manifold_latents():
-    z = figures.manifold_latents(3)
+    z = pictures.manifold_latents(3)
     assert z.shape == (9, 2)
     assert z[0, 0] == z[1, 0] == z[2, 0] < 0 and z[0, 1] < z[1, 1] < z[2, 1]  # z_1 along rows, z_2 along columns
     assert abs(float(z[4, 0])) < 1e-6 and float(z[8, 0]) == pytest.approx(1.6449, abs=1e-3)  # icdf(0.95)
@@ -202,32 +211,17 @@ def test_manifold_latents():
 # ---------------------------------------------------------------------------------------------
 # Tiny real models (untrained) for the image figures
 # ---------------------------------------------------------------------------------------------
-def compose(dataset: str, latent_dim: int, tmp: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from aevb.wandb_mode import register_resolver
-
-    register_resolver()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="test_figures"):
-        return hydra_compose("train", overrides=[
-            f"data={dataset}", f"model.latent_dim={latent_dim}", "net.encoder.hidden_dim=16", "net.decoder.hidden_dim=16",
-            f"data.mirror={DATA}", f"paths.output_dir={tmp}", f"paths.data_dir={tmp / 'data'}",
-        ])
-
-
-_DATA_MODULES: dict = {}
-
-
-def build(dataset: str, latent_dim: int, tmp: Path):
-    from aevb.train import build as aevb_build
-
+def build(dm, latent_dim: int):
+    """An untrained tiny model (16 hidden units) on ``dm``'s data, with its composed config."""
     import torch
+
+    from aevb.building import build as aevb_build
+
     torch.manual_seed(0)
-    cfg = compose(dataset, latent_dim, tmp)
-    dm, model = aevb_build(cfg, data_module=_DATA_MODULES.get(dataset))
-    _DATA_MODULES[dataset] = dm
-    return cfg, dm, model.eval()
+    cfg = compose([f"data={dm.name}", f"model.latent_dim={latent_dim}", "net.encoder.hidden_dim=16",
+                   "net.decoder.hidden_dim=16", f"data.mirror={dm.mirror}"])
+    _, model = aevb_build(cfg, data_module=dm)
+    return cfg, model.eval()
 
 
 def save_ckpt(cfg, model, path: Path) -> Path:
@@ -240,80 +234,86 @@ def save_ckpt(cfg, model, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def frey(tmp_path_factory):
-    if not (DATA / "frey").is_dir():
-        pytest.skip(f"real data mirror {DATA} is absent")
+def frey_models(frey, tmp_path_factory):
+    """{N_z: (model, data module, checkpoint)} for N_z = 2 and 5 on Frey Face."""
     tmp = tmp_path_factory.mktemp("frey")
     out = {}
     for nz in (2, 5):
-        cfg, dm, model = build("frey_face", nz, tmp)
+        cfg, model = build(frey, nz)
         ckpt = save_ckpt(cfg, model, tmp / f"run_nz{nz}" / "checkpoints" / "last.ckpt")
-        out[nz] = (model, dm, ckpt)
+        out[nz] = (model, frey, ckpt)
     return out
 
 
-@needs_data
-def test_image_grids_frey(frey):
-    model, dm, _ = frey[2]
-    grid = figures.manifold_grid(model, 5)
+def test_image_grids_frey(frey_models):
+    model, dm, _ = frey_models[2]
+    grid = pictures.manifold_grid(model, 5)
     assert grid.shape == (5 * 28, 5 * 20)
     assert grid.min() >= 0.0 and grid.max() <= 1.0 and grid.std() > 0
-    assert figures.sample_grid(model, 100, seed=0).shape == (10 * 28, 10 * 20)
-    assert figures.sample_grid(model, 6, seed=0).shape == (2 * 28, 3 * 20)
-    a, b = figures.sample_grid(model, 9, seed=1), figures.sample_grid(model, 9, seed=1)
-    assert np.array_equal(a, b) and not np.array_equal(a, figures.sample_grid(model, 9, seed=2))
-    rec = figures.reconstruction_grid(model, dm.splits["test"], 10)
+    assert pictures.sample_grid(model, 100, seed=0).shape == (10 * 28, 10 * 20)
+    assert pictures.sample_grid(model, 6, seed=0).shape == (2 * 28, 3 * 20)
+    a, b = pictures.sample_grid(model, 9, seed=1), pictures.sample_grid(model, 9, seed=1)
+    assert np.array_equal(a, b) and not np.array_equal(a, pictures.sample_grid(model, 9, seed=2))
+    rec = pictures.reconstruction_grid(model, dm.splits["test"], 10)
     assert rec.shape == (2 * 28, 10 * 20) and 0.0 <= rec.min() and rec.max() <= 1.0
     assert np.allclose(rec[:28, :20], dm.splits["test"][0, 0].numpy())  # top row is the data
     with pytest.raises(AevbError, match="N_z = 2"):
-        figures.manifold_grid(frey[5][0], 5)
+        pictures.manifold_grid(frey_models[5][0], 5)
 
 
-@needs_data
-def test_image_grids_mnist(tmp_path):
-    _, dm, model = build("mnist", 2, tmp_path)
-    grid = figures.manifold_grid(model, 5)
+def test_image_grids_mnist(mnist):
+    import torch
+
+    _, model = build(mnist, 2)
+    grid = pictures.manifold_grid(model, 5)
     assert grid.shape == (5 * 28, 5 * 28) and 0.0 <= grid.min() and grid.max() <= 1.0
-    samples = figures.sample_grid(model, 16, seed=0)
+    # tile (i, j) is the decoder mean at the grid's latent i * 5 + j, row-major
+    z = pictures.manifold_latents(5)
+    with torch.no_grad():
+        means = model.sample(len(z), z=z)
+    for i, j in ((0, 0), (1, 3), (4, 4)):
+        assert np.allclose(grid[i * 28:(i + 1) * 28, j * 28:(j + 1) * 28], means[i * 5 + j, 0].numpy(), atol=1e-6)
+    assert not np.allclose(grid[:28, :28], grid[-28:, -28:])  # opposite corners of the latent square differ
+    samples = pictures.sample_grid(model, 16, seed=0)
     assert samples.shape == (4 * 28, 4 * 28) and 0.0 <= samples.min() and samples.max() <= 1.0
+    expected = pictures.sample_images(model, 16, seed=0)  # the same seeded draws, tiled row-major
+    assert np.allclose(samples[28:56, 56:84], expected[6, 0].numpy(), atol=1e-6)
 
 
-@needs_data
-def test_checkpoint_commands(frey, tmp_path, capsys):
+def test_checkpoint_commands(frey_models, tmp_path, capsys):
     import matplotlib.image
 
-    _, _, ckpt2 = frey[2]
-    _, _, ckpt5 = frey[5]
+    _, _, ckpt2 = frey_models[2]
+    _, _, ckpt5 = frey_models[5]
     png = tmp_path / "manifold.png"
-    figures.main(["manifold", str(ckpt2), "--out", str(png), "--grid", "4"])
+    figures_cli.main(["manifold", str(ckpt2), "--out", str(png), "--grid", "4"])
     assert matplotlib.image.imread(png).shape[:2] == (4 * 28, 4 * 20)
     assert "N_z = 2" in capsys.readouterr().out
 
-    figures.main(["manifold", str(ckpt2.parent.parent)])  # a run directory; default output next to it
+    figures_cli.main(["manifold", str(ckpt2.parent.parent)])  # a run directory; default output next to it
     assert matplotlib.image.imread(ckpt2.parent.parent / "manifold.png").shape[:2] == (20 * 28, 20 * 20)
 
-    figures.main(["samples", str(ckpt5), "--n", "6", "--out", str(tmp_path / "s.png")])
+    figures_cli.main(["samples", str(ckpt5), "--n", "6", "--out", str(tmp_path / "s.png")])
     assert matplotlib.image.imread(tmp_path / "s.png").shape[:2] == (2 * 28, 3 * 20)
 
-    figures.main(["reconstructions", str(ckpt2), "--n", "7", "--out", str(tmp_path / "r.png")])
+    figures_cli.main(["reconstructions", str(ckpt2), "--n", "7", "--out", str(tmp_path / "r.png")])
     assert matplotlib.image.imread(tmp_path / "r.png").shape[:2] == (2 * 28, 7 * 20)
     assert "test split (n = 200 datapoints)" in capsys.readouterr().out
 
-    figures.main(["fig5", str(ckpt2), str(ckpt5), "--n", "16", "--out", str(tmp_path / "f5.png")])
+    figures_cli.main(["fig5", str(ckpt2), str(ckpt5), "--n", "16", "--out", str(tmp_path / "f5.png")])
     assert (tmp_path / "f5.png").stat().st_size > 5_000
     assert "N_z = 2, 5" in capsys.readouterr().out
 
 
-@needs_data
-def test_checkpoint_command_errors(frey, tmp_path, capsys):
+def test_checkpoint_command_errors(frey_models, tmp_path, capsys):
     for argv, message in [
-        (["manifold", str(frey[5][2])], "needs a model with N_z = 2"),
+        (["manifold", str(frey_models[5][2])], "needs a model with N_z = 2"),
         (["manifold", str(tmp_path / "nope.ckpt")], "not found"),
         (["samples", str(tmp_path)], "checkpoint not found"),
-        (["samples", str(frey[2][2]), "--n", "0"], "positive integer"),
+        (["samples", str(frey_models[2][2]), "--n", "0"], "positive integer"),
     ]:
         with pytest.raises(SystemExit) as exc:
-            figures.main(argv)
+            figures_cli.main(argv)
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("aevb-figures: error: ") and message in err[0], err

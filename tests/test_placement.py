@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from test_config import _assert_one_line_error, run_cli
+from helpers import assert_one_line_error, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_JOB = ["data=frey_face", "max_samples=200", "model.latent_dim=2", "net.encoder.hidden_dim=16",
@@ -109,7 +109,7 @@ def test_one_run_per_gpu_queues_jobs_and_records_a_dead_job(tmp_path):
 
 def test_no_gpu_and_none_named_is_one_error_line():
     proc = run_cli("-m", "seed=0,1", *TINY_JOB, "hydra/launcher=gpu_parallel", env_extra={"CUDA_VISIBLE_DEVICES": ""})
-    _assert_one_line_error(proc, "hydra/launcher=gpu_parallel found no GPU", "hydra.launcher.gpus=[0,1]")
+    assert_one_line_error(proc, "hydra/launcher=gpu_parallel found no GPU", "hydra.launcher.gpus=[0,1]")
 
 
 def test_submitit_local_jobs_see_the_launching_process_gpus(monkeypatch):

@@ -6,14 +6,14 @@ import csv
 import json
 
 import pytest
-from test_config import run_cli
+from helpers import run_cli
 
 TINY = ["model.latent_dim=2", "net.encoder.hidden_dim=32", "net.decoder.hidden_dim=32", "logger=csv",
         "callbacks.elbo_curve.start=500", "callbacks.elbo_curve.points_per_decade=2"]
 
 
 def test_tiny_fig2_sweep_through_submitit_local_gives_summaries_and_figure(mirror, tmp_path):
-    from aevb.figures import main as figures
+    from aevb.figures_cli import main as figures
 
     sweep = tmp_path / "sweep"
     # the launching process sees GPUs "3,5" (made up: trainer is cpu); submitit alone would hide them from the jobs

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from test_config import run_cli
+from helpers import run_cli
 
 UNTRAINED_MNIST_ELBO = -784 * math.log(2)  # logits ~ 0 at N(0, 0.01) init: -543.4 nats per datapoint
 
@@ -96,22 +96,17 @@ def test_paper_fidelity_at_one_million_samples(args, floor, mirror, tmp_path):
 
 
 def test_aevb_eval_estimates_log_px_above_the_elbo(mnist_run, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     run_dir, _ = mnist_run
     out = tmp_path / "eval.json"
-    exe = Path(sys.executable).with_name("aevb-eval")
-    proc = subprocess.run([str(exe), str(run_dir), "--k", "200", "--chunk-size", "64", "--max-datapoints", "300",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = run_cli(str(run_dir), "--k", "200", "--chunk-size", "64", "--max-datapoints", "300", "--out", str(out),
+                   prog="aevb-eval", timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["n_datapoints"] == 300 and result["k"] == 200 and result["split"] == "test"
     # the importance-weighted bound is tighter than the ELBO, by more than noise at this stage of training
     assert result["elbo"] + 1.0 < result["log_px"] < 0
     assert "nats per datapoint" in proc.stdout
-    bad = subprocess.run([str(exe), str(tmp_path / "missing")], capture_output=True, text=True)
+    bad = run_cli(str(tmp_path / "missing"), prog="aevb-eval")
     assert bad.returncode == 2 and bad.stderr.strip() == f"aevb-eval: error: checkpoint {tmp_path / 'missing'} not found"
 
 

@@ -8,8 +8,6 @@ updates alone, never from a lucky draw.
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,21 +17,17 @@ from aevb.models.base import VAEModuleBase
 from aevb.models.wake_sleep import WakeSleep
 from aevb.nets.base import init_normal_
 from aevb.nets.mlp import MLPDecoder, MLPEncoder
-
-MIRROR = Path(os.environ.get("AEVB_DATA_MIRROR", "/work/shared/data"))
-HAVE_MNIST = (MIRROR / "mnist" / "train-images-idx3-ubyte.gz").is_file()
-needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=f"real MNIST not found under {MIRROR} (set AEVB_DATA_MIRROR)")
+from helpers import compose
 
 LATENT, HIDDEN, N_FIXED, BATCH = 3, 64, 300, 100
 
 
 @pytest.fixture(scope="module")
-def datamodule():
-    if not HAVE_MNIST:
-        pytest.skip(f"real MNIST not found under {MIRROR} (set AEVB_DATA_MIRROR)")
+def datamodule(mirror):
+    """This module's own MNIST (its trainer must not touch conftest's session-wide one); skips without the mirror."""
     from aevb.data import MNISTDataModule
 
-    dm = MNISTDataModule(mirror=str(MIRROR), verify_checksums=False, batch_size=BATCH, eval_batch_size=500)
+    dm = MNISTDataModule(mirror=str(mirror), verify_checksums=False, batch_size=BATCH, eval_batch_size=500)
     dm.setup()
     return dm
 
@@ -134,7 +128,6 @@ WAKE_MIN_GAIN = 100.0  # nats per datapoint; observed ~350 (-543 -> -190) in 100
 SLEEP_MIN_GAIN = 0.5  # nats per datapoint; observed ~1.2 (-4.26 -> -3.0) in 100 steps
 
 
-@needs_mnist
 def test_wake_phase_improves_decoder_loglik(images, warmed):
     """Trained encoder, fresh decoder: wake steps alone raise log p(x|z) for z ~ q(z|x)."""
     torch.manual_seed(1)
@@ -153,7 +146,6 @@ def test_wake_phase_improves_decoder_loglik(images, warmed):
     assert all(torch.equal(a, b) for a, b in zip(encoder_before, model.encoder.parameters()))
 
 
-@needs_mnist
 def test_sleep_phase_improves_encoder_logq(warmed):
     """Trained decoder, fresh encoder: sleep steps alone raise log q(z|x) on held-out dreamed pairs."""
     torch.manual_seed(2)
@@ -171,7 +163,6 @@ def test_sleep_phase_improves_encoder_logq(warmed):
     assert after - before > SLEEP_MIN_GAIN, f"sleep objective {before:.3f} -> {after:.3f} nats"
 
 
-@needs_mnist
 def test_lightning_run_counts_samples_and_logs(datamodule):
     import lightning as L
 
@@ -193,15 +184,12 @@ def test_lightning_run_counts_samples_and_logs(datamodule):
         assert not torch.equal(p.detach(), params_before[name]), f"{name} was not updated"
 
 
-@needs_mnist
 def test_config_composes_and_builds(datamodule):
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from aevb.train import build
+    from aevb.building import build
 
-    with initialize_config_dir(config_dir="/work/main/conf", version_base="1.3"):
-        cfg = compose("train", overrides=["model=wake_sleep", "model.latent_dim=3"])
+    cfg = compose(["model=wake_sleep", "model.latent_dim=3"])
     assert "beta" not in cfg.model
     _, model = build(cfg, data_module=datamodule)
     assert isinstance(model, WakeSleep) and isinstance(model, VAEModuleBase)

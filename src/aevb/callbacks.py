@@ -7,6 +7,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from aevb.evaluation import eval_mode, mean_elbo
+
 
 class EpochReport(L.Callback):
     """Prints ``epoch | training samples evaluated | train and val ELBO (nats per datapoint)``."""
@@ -94,27 +96,11 @@ class ElboCurve(L.Callback):
         with torch.random.fork_rng(devices=devices):
             self.evaluate(trainer, pl_module)
 
-    @staticmethod
-    def mean_elbo(pl_module, loader) -> tuple[float, int]:
-        import torch
-
-        total, n = torch.zeros((), dtype=torch.float64, device=pl_module.device), 0
-        for x in loader:
-            x = x.to(pl_module.device)
-            total += pl_module.elbo_terms(x).elbo.double().sum()
-            n += len(x)
-        return float(total) / n, n  # one host sync per evaluation, not per step
-
     @rank_zero_only
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        import torch
-
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.no_grad():
-            train, n_train = self.mean_elbo(pl_module, trainer.datamodule.eval_dataloader("train_eval"))
-            test, n_test = self.mean_elbo(pl_module, trainer.datamodule.eval_dataloader("test"))
-        pl_module.train(was_training)
+        with eval_mode(pl_module):
+            train, n_train = mean_elbo(pl_module, trainer.datamodule.eval_dataloader("train_eval"), pl_module.device)
+            test, n_test = mean_elbo(pl_module, trainer.datamodule.eval_dataloader("test"), pl_module.device)
         self.append_row(trainer, pl_module, (train, test, n_train, n_test),
                         {"curve/train_elbo": train, "curve/test_elbo": test})
 

@@ -9,23 +9,18 @@ tightens with k and is never below the ELBO in expectation (k = 1 is the ELBO).
 
 from __future__ import annotations
 
-import zlib
-
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from aevb.callbacks import ElboCurve
-from aevb.errors import require
+from aevb.errors import require, require_positive_int
+from aevb.evaluation import UNITS, eval_mode
 from aevb.marginal_likelihood import evaluate_log_likelihood
+from aevb.seeds import derived_seed
 
-UNITS = "nats per datapoint"
 SUBSET_SEED = 0  # which images are evaluated; fixed, whatever the proposal seed
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 class MarginalLikelihoodCurve(ElboCurve):
@@ -67,7 +62,7 @@ class MarginalLikelihoodCurve(ElboCurve):
     ):
         for name, value in (("k", k), ("n_datapoints", n_datapoints), ("points_per_decade", points_per_decade),
                             ("start", start), ("chunk_size", chunk_size), ("batch_size", batch_size)):
-            require(_positive_int(value), f"callbacks.marginal_curve.{name} must be a positive integer, got {value}")
+            require_positive_int(f"callbacks.marginal_curve.{name}", value)
         require(isinstance(seed, int) and not isinstance(seed, bool),
                 f"callbacks.marginal_curve.seed must be an integer, got {seed}")
         super().__init__(points_per_decade=points_per_decade, start=start, filename=filename)
@@ -84,7 +79,7 @@ class MarginalLikelihoodCurve(ElboCurve):
             out = {}
             for split in self.SPLITS:
                 x = dm.splits[split]
-                gen = torch.Generator().manual_seed(SUBSET_SEED * 1_000_003 + zlib.crc32(split.encode()))
+                gen = torch.Generator().manual_seed(derived_seed(SUBSET_SEED, split))
                 if self.n_datapoints < len(x):
                     pick = torch.randperm(len(x), generator=gen)[: self.n_datapoints].sort().values
                     x = x[pick]
@@ -104,14 +99,9 @@ class MarginalLikelihoodCurve(ElboCurve):
     @rank_zero_only
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         subsets = self.subsets(trainer.datamodule)
-        was_training = pl_module.training
-        try:
-            pl_module.eval()
-            with torch.no_grad():
-                train, n_train = self.estimate(pl_module, subsets["train"])
-                test, n_test = self.estimate(pl_module, subsets["test"])
-        finally:
-            pl_module.train(was_training)
+        with eval_mode(pl_module), torch.no_grad():
+            train, n_train = self.estimate(pl_module, subsets["train"])
+            test, n_test = self.estimate(pl_module, subsets["test"])
         seen = self.append_row(trainer, pl_module, (train, test, self.k, n_train, n_test),
                                {"marginal/train_log_px": train, "marginal/test_log_px": test})
         if self.verbose:

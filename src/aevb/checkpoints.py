@@ -7,13 +7,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from aevb.building import build
 from aevb.errors import AevbError
 
 
 def load_model(ckpt_path: str | Path, map_location: str = "cpu", data_module=None):
     """Return (model in eval mode, data module, resolved config) for a checkpoint written by aevb-train."""
-    from aevb.train import build
-
     path = Path(ckpt_path)
     if not path.is_file():
         raise AevbError(f"checkpoint {path} not found")
@@ -23,15 +22,24 @@ def load_model(ckpt_path: str | Path, map_location: str = "cpu", data_module=Non
         raise AevbError(f"{path} is not a readable checkpoint ({type(exc).__name__})") from None
     if "aevb_config" not in ckpt:
         raise AevbError(f"{path} was not written by aevb-train (no aevb_config inside)")
-    cfg = OmegaConf.create(ckpt["aevb_config"])
+    run_config = _upgrade(ckpt["aevb_config"])
+    cfg = OmegaConf.create(run_config)
     mirror = cfg.data.get("mirror")
     if mirror and not Path(mirror).is_dir():
         cfg.data.mirror = None  # written on another machine: fall back to $AEVB_DATA_MIRROR / data_dir
-    dm, model = build(cfg, data_module=data_module)
+    dm, model = build(cfg, data_module=data_module, run_config=run_config)
     model.load_state_dict(ckpt["state_dict"])
     model.on_load_checkpoint(ckpt)
-    model.run_config = ckpt["aevb_config"]
     return model.eval(), dm, cfg
+
+
+def _upgrade(run_config: dict) -> dict:
+    """A config from before ``paper:`` existed kept data.likelihood / data.paper_hidden_dim: move them there."""
+    data = dict(run_config["data"])
+    if "likelihood" not in data:
+        return run_config
+    paper = {"likelihood": data.pop("likelihood"), "hidden_dim": data.pop("paper_hidden_dim", None)}
+    return {**run_config, "data": data, "paper": paper}
 
 
 def resolve_checkpoint(arg: str | Path) -> Path:

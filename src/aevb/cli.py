@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from omegaconf import DictConfig
 
-from aevb.errors import AevbError, ConfigError, require
+from aevb.errors import AevbError, ConfigError, require, require_positive_int
 
 CONF_DIR = Path(os.environ.get("AEVB_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
 EXIT_USER_ERROR = 2
@@ -62,13 +62,11 @@ def check_values(cfg: DictConfig) -> None:
     """Checks that need no data: fail before any work with the config key in the message."""
     if "data" not in cfg or "_target_" not in cfg.data:
         raise ConfigError("no dataset selected (use data=mnist or data=frey_face)")
-    latent = cfg.model.get("latent_dim")
-    require(isinstance(latent, int) and not isinstance(latent, bool) and latent > 0,
-            f"model.latent_dim must be a positive integer, got {latent}")
+    require_positive_int("model.latent_dim", cfg.model.get("latent_dim"))
     for side in ("encoder", "decoder"):
         for key, value in cfg.net[side].items():
             if key.endswith(("_dim", "_channels")) and isinstance(value, int):
-                require(value > 0, f"net.{side}.{key} must be a positive integer, got {value}")
+                require_positive_int(f"net.{side}.{key}", value)
     if cfg.get("max_samples") is not None:
         require(int(cfg.max_samples) > 0, f"max_samples must be > 0, got {cfg.max_samples}")
 

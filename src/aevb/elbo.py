@@ -13,7 +13,6 @@ log-densities are summed over all latent elements.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,9 +20,8 @@ import torch
 from torch import Tensor
 
 from aevb.errors import require
-from aevb.likelihoods import Likelihood
+from aevb.likelihoods import LOG_2PI, Likelihood, gaussian_log_density
 
-LOG_2PI = math.log(2.0 * math.pi)
 ESTIMATORS = ("analytic", "generic")
 
 
@@ -54,7 +52,7 @@ def kl_to_standard_normal(mean: Tensor, logvar: Tensor) -> Tensor:
 
 def log_normal(z: Tensor, mean: Tensor, logvar: Tensor, batch_dims: int) -> Tensor:
     """log N(z; mean, diag exp(logvar)), summed over the latent elements."""
-    return _sum_latent(-0.5 * (LOG_2PI + logvar + (z - mean) ** 2 * torch.exp(-logvar)), batch_dims)
+    return _sum_latent(gaussian_log_density(z, mean, logvar), batch_dims)
 
 
 def log_standard_normal(z: Tensor, batch_dims: int) -> Tensor:
@@ -65,6 +63,12 @@ def reparameterize(mean: Tensor, logvar: Tensor, n_samples: int) -> Tensor:
     """z_l = mean + sigma * eps_l, eps_l ~ N(0, I); returns (n_samples, batch, *latent_shape)."""
     eps = torch.randn((n_samples, *mean.shape), dtype=mean.dtype, device=mean.device)
     return mean + torch.exp(0.5 * logvar) * eps
+
+
+def decode_samples(decode: Callable[[Tensor], dict[str, Tensor]], z: Tensor) -> dict[str, Tensor]:
+    """Decode z of shape (L, B, *latent_shape) in one batch of L * B; parameters come back as (L, B, ...)."""
+    params = decode(z.flatten(0, 1))
+    return {k: v.unflatten(0, z.shape[:2]) for k, v in params.items()}
 
 
 def elbo(
@@ -84,9 +88,7 @@ def elbo(
     require(n_samples >= 1, f"n_samples (L) must be >= 1, got {n_samples}")
     mean, logvar = encode(x)
     z = reparameterize(mean, logvar, n_samples)  # (L, B, ...)
-    params = decode(z.flatten(0, 1))
-    params = {k: v.unflatten(0, (n_samples, x.shape[0])) for k, v in params.items()}
-    log_px_z = likelihood.log_prob(x, params)  # (L, B)
+    log_px_z = likelihood.log_prob(x, decode_samples(decode, z))  # (L, B)
     recon = log_px_z.mean(0)
     if estimator == "analytic":
         kl = kl_to_standard_normal(mean, logvar)

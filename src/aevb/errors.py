@@ -22,3 +22,9 @@ def require(condition: bool, message: str) -> None:
     """Raise ConfigError(message) unless condition holds."""
     if not condition:
         raise ConfigError(message)
+
+
+def require_positive_int(name: str, value) -> None:
+    """Raise ConfigError unless ``value`` is an int > 0 (bool excluded); ``name`` says which setting it is."""
+    require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            f"{name} must be a positive integer, got {value}")

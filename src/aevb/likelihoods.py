@@ -22,6 +22,11 @@ LOG_2PI = math.log(2.0 * math.pi)
 DATA_DIMS = 3  # every data point is (channels, height, width)
 
 
+def gaussian_log_density(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    """Elementwise log N(x; mean, exp(logvar)), nats; callers sum over the dims they need."""
+    return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
+
 def _sum_data_dims(t: Tensor) -> Tensor:
     """Sum over (C, H, W), keeping any leading sample and batch dims."""
     return t.flatten(start_dim=t.dim() - DATA_DIMS).sum(-1)
@@ -81,9 +86,7 @@ class Gaussian(Likelihood):
         return {"mean": torch.sigmoid(raw.select(-4, 0)), "logvar": raw.select(-4, 1)}
 
     def log_prob(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
-        mean, logvar = params["mean"], params["logvar"]
-        ll = -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar))
-        return _sum_data_dims(ll)
+        return _sum_data_dims(gaussian_log_density(x, params["mean"], params["logvar"]))
 
     def mean(self, params: dict[str, Tensor]) -> Tensor:
         return params["mean"]

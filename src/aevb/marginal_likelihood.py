@@ -18,8 +18,9 @@ from typing import Callable, Iterable
 import torch
 from torch import Tensor
 
-from aevb.elbo import log_normal, log_standard_normal
-from aevb.errors import require
+from aevb.elbo import decode_samples, log_normal, log_standard_normal
+from aevb.errors import require, require_positive_int
+from aevb.evaluation import eval_mode
 from aevb.likelihoods import Likelihood
 
 
@@ -46,8 +47,8 @@ def importance_weighted_log_likelihood(
     are drawn and decoded ``chunk_size`` at a time and folded into a running
     logsumexp, so memory is O(chunk_size * batch) whatever k is.
     """
-    require(isinstance(k, int) and k >= 1, f"k (importance samples) must be a positive integer, got {k}")
-    require(isinstance(chunk_size, int) and chunk_size >= 1, f"chunk_size must be a positive integer, got {chunk_size}")
+    require_positive_int("k (importance samples)", k)
+    require_positive_int("chunk_size", chunk_size)
     mean, logvar = encode(x)
     std = torch.exp(0.5 * logvar)
     batch = x.shape[0]
@@ -56,10 +57,8 @@ def importance_weighted_log_likelihood(
     while done < k:
         n = min(chunk_size, k - done)
         z = mean + std * _draw_eps(mean.shape, n, mean, generator)  # (n, B, ...)
-        params = decode(z.flatten(0, 1))
-        params = {key: v.unflatten(0, (n, batch)) for key, v in params.items()}
         log_w = (
-            likelihood.log_prob(x, params)
+            likelihood.log_prob(x, decode_samples(decode, z))
             + log_standard_normal(z, batch_dims=2)
             - log_normal(z, mean, logvar, batch_dims=2)
         )  # (n, B)
@@ -84,12 +83,11 @@ def evaluate_log_likelihood(
     proposal samples so that two models can be compared on the same noise.
     """
     device = torch.device(device)
-    was_training = model.training
-    model.to(device).eval()
+    model.to(device)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     total = torch.zeros((), dtype=torch.float64, device=device)
     n = 0
-    try:
+    with eval_mode(model):
         for batch in loader:
             x = batch[0] if isinstance(batch, (list, tuple)) else batch
             x = x.to(device)
@@ -98,7 +96,5 @@ def evaluate_log_likelihood(
             )
             total += log_px.double().sum()
             n += x.shape[0]
-    finally:
-        model.train(was_training)
     require(n > 0, "evaluate_log_likelihood: the loader yielded no datapoints")
     return float(total / n), n

@@ -9,14 +9,14 @@ and say how to split them.
 from __future__ import annotations
 
 import math
-import zlib
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
-from aevb.errors import require
+from aevb.errors import require, require_positive_int
+from aevb.seeds import derived_seed
 
 BINARIZE = ("none", "static", "dynamic")
 
@@ -49,7 +49,7 @@ class EpochShuffle(Sampler):
         return self.n
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.epoch()))
+        gen = torch.Generator().manual_seed(derived_seed(self.seed, int(self.epoch())))
         return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
@@ -74,13 +74,11 @@ class ImageDataModule(L.LightningDataModule):
         binarize_seed: int = 0,
         train_eval_size: int = 10000,
         seed: int = 0,
-        likelihood: str = "bernoulli",
-        paper_hidden_dim: int = 500,
     ):
         super().__init__()
         require(binarize in BINARIZE, f"data.binarize must be one of {', '.join(BINARIZE)}, got '{binarize}'")
-        require(isinstance(batch_size, int) and batch_size > 0, f"data.batch_size must be > 0, got {batch_size}")
-        require(isinstance(eval_batch_size, int) and eval_batch_size > 0, f"data.eval_batch_size must be > 0, got {eval_batch_size}")
+        require_positive_int("data.batch_size", batch_size)
+        require_positive_int("data.eval_batch_size", eval_batch_size)
         self.data_dir = data_dir
         self.mirror = mirror
         self.batch_size = batch_size
@@ -89,8 +87,6 @@ class ImageDataModule(L.LightningDataModule):
         self.binarize_seed = binarize_seed
         self.train_eval_size = train_eval_size
         self.seed = seed  # of the training order (see EpochShuffle)
-        # ``likelihood`` and ``paper_hidden_dim`` are the observation model and hidden width the paper
-        # pairs with this data set; the decoder and net configs read them by interpolation, not from here.
         self.splits: dict[str, Tensor] = {}
 
     # -- what subclasses provide ------------------------------------------------------------
@@ -107,13 +103,13 @@ class ImageDataModule(L.LightningDataModule):
             for name, x in splits.items():
                 if name != "train" or self.binarize == "static":
                     # one generator per split: val/test are the same images under static and dynamic
-                    gen = torch.Generator().manual_seed(self.binarize_seed * 1_000_003 + zlib.crc32(name.encode()))
+                    gen = torch.Generator().manual_seed(derived_seed(self.binarize_seed, name))
                     splits[name] = torch.bernoulli(x, generator=gen)
         n_eval = min(self.train_eval_size, len(splits["train"]))
         pick = torch.randperm(len(splits["train"]), generator=torch.Generator().manual_seed(0))[:n_eval]
         train_eval = splits["train"][pick.sort().values]
         if self.binarize == "dynamic":  # scored like val/test: binarised once, seeded
-            gen = torch.Generator().manual_seed(self.binarize_seed * 1_000_003 + zlib.crc32(b"train_eval"))
+            gen = torch.Generator().manual_seed(derived_seed(self.binarize_seed, "train_eval"))
             train_eval = torch.bernoulli(train_eval, generator=gen)
         splits["train_eval"] = train_eval
         self.splits = splits

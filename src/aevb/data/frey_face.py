@@ -53,8 +53,6 @@ class FreyFaceDataModule(ImageDataModule):
     name = "frey_face"
 
     def __init__(self, val_size: int = 200, test_size: int = 200, split_seed: int = 0, verify_checksums: bool = True, **kwargs):
-        kwargs.setdefault("likelihood", "gaussian")
-        kwargs.setdefault("paper_hidden_dim", 200)
         super().__init__(**kwargs)
         require(
             isinstance(val_size, int) and isinstance(test_size, int) and val_size > 0 and test_size > 0

@@ -16,12 +16,13 @@ from torchmetrics import MeanMetric
 
 from aevb.elbo import ESTIMATORS, ElboTerms, elbo
 from aevb.errors import AevbError, require
+from aevb.evaluation import REPORTED_SPLITS
 from aevb.nets.base import Decoder, Encoder, init_normal_
 
 TERMS = ("elbo", "recon", "kl")
 FINITE_CHECK_EVERY = 100  # training steps between checks that the ELBO is still finite
 # metric sets -> the prefix they log under; "train_eval" is the final pass over a fixed training subset
-SPLITS = {"train": "train", "val": "val", "test": "test", "train_eval": "train"}
+SPLITS = {"train": "train", **{split: prefix for prefix, split in REPORTED_SPLITS.items()}}
 
 
 class VAEModuleBase(L.LightningModule):
@@ -36,15 +37,17 @@ class VAEModuleBase(L.LightningModule):
         estimator: str = "analytic",
         weight_prior: bool = True,
         init_std: float | None = 0.01,
+        run_config: dict | None = None,
     ):
+        """``run_config``: the resolved run config, stored in every checkpoint so that aevb-eval and
+        aevb-figures can rebuild the model from the checkpoint alone (see aevb.building)."""
         super().__init__()
-        require(isinstance(latent_dim, int) and latent_dim > 0, f"model.latent_dim must be a positive integer, got {latent_dim}")
         require(encoder.latent_dim == latent_dim == decoder.latent_dim, "encoder, decoder and model.latent_dim disagree")
         require(isinstance(n_samples, int) and n_samples >= 1, f"model.n_samples (L) must be >= 1, got {n_samples}")
         require(estimator in ESTIMATORS, f"model.estimator must be one of {', '.join(ESTIMATORS)}, got '{estimator}'")
         require(n_train > 0, "the training set is empty")
         require(init_std is None or init_std > 0, f"model.init_std must be > 0 or null, got {init_std}")
-        self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer"])
+        self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "run_config"])
         self.encoder, self.decoder = encoder, decoder
         self.likelihood = decoder.likelihood
         self.optimizer_factory = optimizer
@@ -55,7 +58,8 @@ class VAEModuleBase(L.LightningModule):
         # keyed "<split>_<term>": ModuleDict keys may not shadow Module methods such as .train
         self.meters = nn.ModuleDict({f"{s}_{t}": MeanMetric() for s in SPLITS for t in TERMS})
         self.samples_seen = 0  # training datapoints evaluated, all ranks together (Figure 2's x-axis)
-        self.eval_split = "test"  # which meters test_step feeds; see aevb.train.final_evaluation
+        self.eval_split = "test"  # which meters test_step feeds; set through select_eval_split
+        self.run_config = run_config
         self._last_train_elbo: Tensor | None = None
 
     # -- the objective ---------------------------------------------------------------------
@@ -105,6 +109,11 @@ class VAEModuleBase(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log("samples_seen", float(self.samples_seen))
 
+    def select_eval_split(self, split: str) -> None:
+        """Which data split the next ``trainer.test`` scores (its metrics log under SPLITS[split])."""
+        require(split in SPLITS and split != "train", f"no evaluation split '{split}' (choose from: val, test, train_eval)")
+        self.eval_split = split
+
     def test_step(self, x: Tensor, batch_idx: int) -> None:
         self.record(self.eval_split, self.elbo_terms(x))
 
@@ -122,7 +131,7 @@ class VAEModuleBase(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["samples_seen"] = self.samples_seen
-        if getattr(self, "run_config", None) is not None:
+        if self.run_config is not None:
             checkpoint["aevb_config"] = self.run_config  # lets aevb-eval and the figures rebuild the model
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -19,19 +19,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from aevb.errors import require
+from aevb.errors import require, require_positive_int
 from aevb.likelihoods import Likelihood
 
 
 def _check_shape(data_shape: Sequence[int], latent_dim: int) -> tuple[int, int, int]:
+    """The one place latent_dim is validated: every encoder and decoder passes through here."""
     shape = tuple(int(s) for s in data_shape)
     require(len(shape) == 3 and all(s > 0 for s in shape), f"data_shape must be (C, H, W) > 0, got {shape}")
-    require(isinstance(latent_dim, int) and latent_dim > 0, f"latent_dim must be a positive integer, got {latent_dim}")
+    require_positive_int("model.latent_dim", latent_dim)
     return shape  # type: ignore[return-value]
-
-
-def require_positive(name: str, value) -> None:
-    require(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value}")
 
 
 class Encoder(nn.Module):

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from aevb.errors import require
+from aevb.errors import require, require_positive_int
 from aevb.likelihoods import Likelihood
-from aevb.nets.base import Decoder, Encoder, require_positive
+from aevb.nets.base import Decoder, Encoder
 
 
 def positive_ints(name: str, values) -> tuple[int, ...]:
@@ -56,7 +56,7 @@ class CNNEncoder(Encoder):
     def __init__(self, data_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), hidden_dim: int = 256):
         super().__init__(data_shape, latent_dim)
         widths = positive_ints("net.encoder.channels", channels)
-        require_positive("net.encoder.hidden_dim", hidden_dim)
+        require_positive_int("net.encoder.hidden_dim", hidden_dim)
         layers: list[nn.Module] = []
         prev = self.data_shape[0]
         for width in widths:
@@ -89,7 +89,7 @@ class CNNDecoder(Decoder):
     ):
         super().__init__(data_shape, latent_dim, likelihood)
         widths = positive_ints("net.decoder.channels", channels)
-        require_positive("net.decoder.hidden_dim", hidden_dim)
+        require_positive_int("net.decoder.hidden_dim", hidden_dim)
         h, w = bottom_size(self.data_shape, len(widths))
         self.stem = nn.Sequential(
             nn.Flatten(),

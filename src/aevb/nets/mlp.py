@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from aevb.errors import require_positive_int
 from aevb.likelihoods import Likelihood
-from aevb.nets.base import Decoder, Encoder, require_positive
+from aevb.nets.base import Decoder, Encoder
 
 
 class MLPEncoder(Encoder):
@@ -16,7 +17,7 @@ class MLPEncoder(Encoder):
 
     def __init__(self, data_shape: Sequence[int], latent_dim: int, hidden_dim: int = 500):
         super().__init__(data_shape, latent_dim)
-        require_positive("net.encoder.hidden_dim", hidden_dim)
+        require_positive_int("net.encoder.hidden_dim", hidden_dim)
         self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(self.data_shape), hidden_dim), nn.Tanh())
         self.mean = nn.Linear(hidden_dim, latent_dim)
         self.logvar = nn.Linear(hidden_dim, latent_dim)
@@ -31,7 +32,7 @@ class MLPDecoder(Decoder):
 
     def __init__(self, data_shape: Sequence[int], latent_dim: int, likelihood: Likelihood, hidden_dim: int = 500):
         super().__init__(data_shape, latent_dim, likelihood)
-        require_positive("net.decoder.hidden_dim", hidden_dim)
+        require_positive_int("net.decoder.hidden_dim", hidden_dim)
         self.net = nn.Sequential(
             nn.Flatten(),
             nn.Linear(latent_dim, hidden_dim),

@@ -26,9 +26,9 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aevb.errors import require
+from aevb.errors import require, require_positive_int
 from aevb.likelihoods import Likelihood
-from aevb.nets.base import Decoder, Encoder, require_positive
+from aevb.nets.base import Decoder, Encoder
 from aevb.nets.cnn import bottom_size, positive_ints, to_raw
 
 
@@ -84,12 +84,12 @@ class Upsample(nn.Module):
 
 def _validate(side: str, channels, num_res_blocks: int, norm_groups: int, spatial_latent, latent_channels: int) -> tuple[int, ...]:
     widths = positive_ints(f"net.{side}.channels", channels)
-    require_positive(f"net.{side}.num_res_blocks", num_res_blocks)  # >= 1: the res blocks change width
-    require_positive(f"net.{side}.norm_groups", norm_groups)
+    require_positive_int(f"net.{side}.num_res_blocks", num_res_blocks)  # >= 1: the res blocks change width
+    require_positive_int(f"net.{side}.norm_groups", norm_groups)
     require(all(w % norm_groups == 0 for w in widths),
             f"net.{side}.channels must all be divisible by net.{side}.norm_groups ({norm_groups}) for GroupNorm, got {list(widths)}")
     require(isinstance(spatial_latent, bool), f"net.{side}.spatial_latent must be true or false, got {spatial_latent}")
-    require_positive(f"net.{side}.latent_channels", latent_channels)
+    require_positive_int(f"net.{side}.latent_channels", latent_channels)
     return widths
 
 
