@@ -120,7 +120,7 @@ def _record_crash(launcher, overrides: Sequence[str], idx: int, gpu: str, exitco
     recorded as aevb records a failed job: failed.json in its folder, the sweep goes on."""
     from hydra.core.utils import JobReturn, JobStatus
 
-    from aevb.train import PROG, write_json_atomic
+    from aevb.atomic import write_json_atomic
 
     how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
     message = f"job process on GPU {gpu} ended without a result ({how})"
@@ -128,7 +128,7 @@ def _record_crash(launcher, overrides: Sequence[str], idx: int, gpu: str, exitco
     job_dir.mkdir(parents=True, exist_ok=True)
     if not (job_dir / "failed.json").is_file():  # keep the job's own record of its failure, if it wrote one
         write_json_atomic(job_dir / "failed.json", {"status": "failed", "error": message})
-    print(f"{PROG}: error: job {idx} failed: {message}", file=sys.stderr, flush=True)
+    print(f"aevb-train: error: job {idx} failed: {message}", file=sys.stderr, flush=True)
     # COMPLETED with no value, as aevb-train's own handler returns for a failed job: the sweep
     # report (aevb.sweep.SweepSummary) then names it and the exit status is 1.
     ret = JobReturn(overrides=list(overrides), working_dir=str(job_dir), status=JobStatus.COMPLETED)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from aevb.atomic import write_json_atomic
 from aevb.cli import CONF_DIR, check_values, fail, find_user_error, preflight
 from aevb.errors import AevbError, ConfigError
 from aevb.evaluation import REPORTED_SPLITS, UNITS
@@ -31,12 +31,6 @@ def final_evaluation(trainer, model, dm) -> dict:
         out[f"{prefix}/n_datapoints"] = dm.split_size(split)
     model.select_eval_split("test")
     return out
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def print_report(summary: dict) -> None:
