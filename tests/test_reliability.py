@@ -214,3 +214,22 @@ def test_a_sweep_folder_is_never_reused(mirror, tmp_path):
                      f"hydra.sweep.dir={sweep}", env_extra=_env(mirror))
     _assert_one_line_error(second, "already holds a sweep (2 job folders)")
     assert (sweep / "results.md").read_text() == report
+
+
+def test_a_partial_evaluation_never_overwrites_a_full_one(reference, mirror, tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(reference, run_dir)
+    exe = Path(sys.executable).with_name("aevb-eval")
+    env = {**os.environ, **_env(mirror)}
+    full = subprocess.run([str(exe), str(run_dir), "--k", "10"], env=env, capture_output=True, text=True, timeout=240)
+    part = subprocess.run([str(exe), str(run_dir), "--k", "10", "--max-datapoints", "50"], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert full.returncode == 0 and part.returncode == 0, full.stderr[-2000:] + part.stderr[-2000:]
+    whole = json.loads((run_dir / "eval_test_k10_seed0.json").read_text())
+    first = json.loads((run_dir / "eval_test_k10_seed0_first50.json").read_text())
+    assert whole["n_datapoints"] == 200 and first["n_datapoints"] == 50

@@ -102,7 +102,8 @@ def run(cfg: DictConfig) -> dict:
     (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
     model.run_config = resolved
 
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    loggers = [instantiate(c, **_continue_wandb_run(c, out_dir, ckpt_path))
+               for c in cfg.get("logger", {}).values() if c is not None]
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks += [GracefulStop(), ContinueLogs()]
     _refuse_ddp_in_local_sweep(cfg)
@@ -148,6 +149,14 @@ def run(cfg: DictConfig) -> dict:
         _log_images(loggers, model, dm, summary)
         _wandb_hint(loggers)
     return summary
+
+
+def _continue_wandb_run(logger_cfg, out_dir: Path, ckpt_path) -> dict:
+    """A resumed run continues its wandb run (same id) instead of starting another."""
+    if not ckpt_path or "Wandb" not in str(logger_cfg.get("_target_", "")):
+        return {}
+    runs = sorted((out_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    return {"id": runs[-1].name.rsplit("-", 1)[-1], "resume": "allow"} if runs else {}
 
 
 def _plugins() -> list:
