@@ -68,7 +68,54 @@ def check_values(cfg: DictConfig) -> None:
             if key.endswith(("_dim", "_channels")) and isinstance(value, int):
                 require_positive_int(f"net.{side}.{key}", value)
     if cfg.get("max_samples") is not None:
-        require(int(cfg.max_samples) > 0, f"max_samples must be > 0, got {cfg.max_samples}")
+        n = cfg.max_samples
+        integral = isinstance(n, int) or (isinstance(n, float) and n.is_integer())
+        require(integral and not isinstance(n, bool) and n > 0,
+                f"max_samples must be a positive whole number of training samples, got {n!r}")
+    lr = cfg.model.get("optimizer", {}).get("lr")
+    if lr is not None:
+        require(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0,
+                f"model.optimizer.lr must be a positive number, got {lr!r} (a step size <= 0 learns nothing)")
+    if cfg.get("ckpt_path"):
+        require(Path(str(cfg.ckpt_path)).is_file(), f"ckpt_path {cfg.ckpt_path} does not exist")
+
+
+def check_output_dir(path: Path, key: str) -> None:
+    """The run (or sweep) folder must be creatable and writable; checked without creating anything."""
+    path = Path(path).absolute()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}={path} cannot be created: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path} cannot be written: no write permission on {probe}")
+
+
+def check_fresh_sweep_dir(path: Path) -> None:
+    """A new sweep never merges into an old one's folder (its report would count the old jobs)."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    old = [p.name for p in path.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
+    if old or (path / "results.md").exists():
+        raise ConfigError(f"hydra.sweep.dir={path} already holds a sweep ({len(old)} job folders); move it away,"
+                          " delete it, or choose another hydra.sweep.dir (make: SWEEPS=<folder>)")
+
+
+def _check_resume_before_hydra(cfg: DictConfig) -> None:
+    """A checkpoint that does not fit the config is refused before Hydra writes anything into the run folder."""
+
+    from aevb.resume import check_resumable
+    from aevb.wandb_mode import register_resolver
+
+    register_resolver()
+    resolvable = cfg.copy()
+    resolvable.paths.output_dir = "unused"  # ${hydra:runtime.output_dir} does not exist before the run
+    from aevb.building import build
+
+    _, model = build(resolvable)
+    check_resumable(cfg.ckpt_path, model)
 
 
 VALUE_FLAGS = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg", "-p", "--package"}
@@ -104,6 +151,14 @@ def preflight(argv: list[str], config_name: str = "train") -> None:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="preflight"):
             for job in jobs:
                 check_values(compose(config_name, overrides=job))
+            hydra_cfg = compose(config_name, overrides=jobs[0] if jobs else [], return_hydra_config=True).hydra
+            if multirun:
+                check_output_dir(Path(hydra_cfg.sweep.dir), "hydra.sweep.dir")
+                check_fresh_sweep_dir(Path(hydra_cfg.sweep.dir))
+            else:
+                check_output_dir(Path(hydra_cfg.run.dir), "hydra.run.dir")
+                if jobs and compose(config_name, overrides=jobs[0]).get("ckpt_path"):
+                    _check_resume_before_hydra(compose(config_name, overrides=jobs[0]))
     except AevbError:
         raise
     except (HydraException, OmegaConfBaseException) as exc:

@@ -5,7 +5,7 @@
 
 log p(x) is estimated with the encoder as proposal (the IWAE bound with k samples,
 Burda et al. 2016); it is a lower bound that tightens as k grows and is >= the ELBO.
-Results are printed and written to <run dir>/eval_<split>_k<k>.json.
+Results are printed and written to <run dir>/eval_[<ckpt>_]<split>_k<k>_seed<s>[_first<n>].json.
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="JSON file to write (default: in the run directory)")
     return p
+
+
+def output_name(args: argparse.Namespace, ckpt) -> str:
+    """Named by everything that changes the number: checkpoint, split, k, noise seed, datapoints evaluated,
+    so a partial or differently seeded evaluation never overwrites a full one."""
+    part = f"_first{args.max_datapoints}" if args.max_datapoints is not None else ""
+    stem = "" if ckpt.stem == "last" else f"{ckpt.stem}_"
+    return f"eval_{stem}{args.split}_k{args.k}_seed{args.seed}{part}.json"
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -74,7 +82,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                                             device=args.device, seed=args.seed)
         result.update({"log_px": log_px, "k": args.k, "nll": -log_px})
     result["wall_time_s"] = round(time.time() - started, 1)
-    out = args.out or run_dir_of(ckpt) / f"eval_{args.split}_k{args.k}.json"
+    out = args.out or run_dir_of(ckpt) / output_name(args, ckpt)
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"{dm.name} {args.split} split, {n:,} datapoints, model after {result['samples_seen']:,} training samples:")

@@ -49,22 +49,32 @@ def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from aevb.building import build  # torch loads here: --help and config errors answer without it
     from aevb.nets.base import count_parameters
+    from aevb.resume import check_resumable
+    from aevb.run_control import ContinueLogs, GracefulStop, RunInterrupted, resume_after_requeue, write_status
 
     check_values(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     started = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm, model = build(cfg)
+    ckpt_path = cfg.get("ckpt_path") or resume_after_requeue(out_dir)
+    if ckpt_path:  # before anything in the run folder is written: a wrong checkpoint leaves it as it was
+        check_resumable(ckpt_path, model)
+        print(f"resuming from {ckpt_path}", flush=True)
     print(f"parameters: encoder {type(model.encoder).__name__} {count_parameters(model.encoder):,},"
           f" decoder {type(model.decoder).__name__} {count_parameters(model.decoder):,}", flush=True)
     (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(model.run_config))  # what checkpoints carry
 
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    loggers = [instantiate(c, **_continue_wandb_run(c, out_dir, ckpt_path))
+               for c in cfg.get("logger", {}).values() if c is not None]
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    callbacks += [GracefulStop(), ContinueLogs()]
     _refuse_ddp_in_local_sweep(cfg)
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=_plugins(),
                           enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
                           enable_progress_bar=any("ProgressBar" in type(c).__name__ for c in callbacks),
                           **({"max_epochs": -1} if cfg.get("max_samples") else {}))
@@ -73,7 +83,14 @@ def run(cfg: DictConfig) -> dict:
         trainer.fit_loop.epoch_loop.max_steps = math.ceil(int(cfg.max_samples) / per_step)
         print(f"budget: {int(cfg.max_samples):,} training samples = {trainer.max_steps:,} steps of {per_step}",
               flush=True)
-    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    except RunInterrupted as stop:
+        _report_interrupted(out_dir, trainer)
+        raise stop
+    except SIGTERMException:  # stopped before training started (no checkpoint to write yet)
+        raise RunInterrupted(128 + 15) from None
+    model.check_finite("before the final evaluation")
     if trainer.checkpoint_callback is not None:
         # ModelCheckpoint saves at validation; the model the summary describes is the one after fit
         trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
@@ -95,10 +112,44 @@ def run(cfg: DictConfig) -> dict:
     })
     if trainer.is_global_zero:
         write_json_atomic(out_dir / "summary.json", summary)
+        write_status(out_dir, {"status": "finished", "step": int(trainer.global_step),
+                               "samples_seen": int(model.samples_seen)})
         print_report(summary)
         _log_images(loggers, model, dm, summary)
         _wandb_hint(loggers)
     return summary
+
+
+def _continue_wandb_run(logger_cfg, out_dir: Path, ckpt_path) -> dict:
+    """A resumed run continues its wandb run (same id) instead of starting another."""
+    if not ckpt_path or "Wandb" not in str(logger_cfg.get("_target_", "")):
+        return {}
+    runs = sorted((out_dir / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    return {"id": runs[-1].name.rsplit("-", 1)[-1], "resume": "allow"} if runs else {}
+
+
+def _plugins() -> list:
+    """Atomic checkpoint writes; under SLURM, SIGUSR1 is GracefulStop's (checkpoint, status, requeue),
+    not Lightning's own auto-requeue, so there is one resume mechanism."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from aevb.checkpoint_io import AtomicCheckpointIO
+
+    plugins: list = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
+
+
+def _report_interrupted(out_dir: Path, trainer) -> None:
+    from aevb.run_control import read_status
+
+    status = read_status(out_dir)
+    if trainer.is_global_zero and status.get("status") == "interrupted":
+        requeued = f"; SLURM job {status['requeued_slurm_job']} requeued" if status.get("requeued_slurm_job") else ""
+        print(f"{PROG}: interrupted by {status['signal']} at step {status['step']:,}"
+              f" ({status['samples_seen']:,} training samples); checkpoint saved{requeued}."
+              f" Resume with: {status['resume']}", file=sys.stderr, flush=True)
 
 
 def _refuse_ddp_in_local_sweep(cfg: DictConfig) -> None:

@@ -42,15 +42,16 @@ class EpochShuffle(Sampler):
     consumes the global RNG (an evaluation on rank zero, say) can change it.
     """
 
-    def __init__(self, n: int, seed: int, epoch):
-        self.n, self.seed, self.epoch = n, seed, epoch
+    def __init__(self, n: int, seed: int, epoch, skip=lambda: 0):
+        self.n, self.seed, self.epoch, self.skip = n, seed, epoch, skip
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(derived_seed(self.seed, int(self.epoch())))
-        return iter(torch.randperm(self.n, generator=gen).tolist())
+        # a run resumed mid-epoch continues this epoch's order where the checkpoint left it
+        return iter(torch.randperm(self.n, generator=gen)[self.skip():].tolist())
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -87,6 +88,7 @@ class ImageDataModule(L.LightningDataModule):
         self.binarize_seed = binarize_seed
         self.train_eval_size = train_eval_size
         self.seed = seed  # of the training order (see EpochShuffle)
+        self._resume_position: dict | None = None  # where in its epoch a resumed run continues
         self.splits: dict[str, Tensor] = {}
 
     # -- what subclasses provide ------------------------------------------------------------
@@ -146,7 +148,8 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         ds = TensorBatches(self.splits[split])
         if shuffle:
-            base = EpochShuffle(len(ds), self.seed, lambda: self.trainer.current_epoch if self.trainer else 0)
+            base = EpochShuffle(len(ds), self.seed, lambda: self.trainer.current_epoch if self.trainer else 0,
+                                skip=self._take_resume_skip)
         else:
             base = SequentialSampler(ds)
         world = self.trainer.world_size if distributed and self.trainer is not None else 1
@@ -160,7 +163,29 @@ class ImageDataModule(L.LightningDataModule):
 
             batches = UnrepeatedDistributedSamplerWrapper(
                 batches, num_replicas=world, rank=self.trainer.global_rank, shuffle=False)
-        return DataLoader(ds, sampler=batches, batch_size=None)
+        # its own generator: creating an iterator draws a base seed, which must not move the global stream
+        # that training noise comes from (else a resumed run, which creates one more iterator, would differ)
+        return DataLoader(ds, sampler=batches, batch_size=None, generator=torch.Generator().manual_seed(self.seed))
+
+    # -- exact resume: the position inside the epoch travels in the checkpoint --------------------
+    def state_dict(self) -> dict:
+        if self.trainer is None:
+            return {}
+        loop = self.trainer.fit_loop.epoch_loop
+        return {"epoch": int(self.trainer.current_epoch), "batches_done": int(loop.batch_progress.current.completed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_position = dict(state) if state else None
+
+    def _take_resume_skip(self) -> int:
+        """Training indices to skip once: the batches of the resumed epoch done before the checkpoint.
+
+        One process only: under DDP Lightning's sampler wrapper deals a fixed-length batch list to the
+        ranks, so a DDP run resumed mid-epoch replays that epoch from its start (Lightning warns)."""
+        pos, self._resume_position = self._resume_position, None
+        if not pos or self.trainer is None or pos.get("epoch") != self.trainer.current_epoch:
+            return 0
+        return pos["batches_done"] * self.batch_size if self.trainer.world_size == 1 else 0
 
     def train_dataloader(self) -> DataLoader:
         # drop_last keeps every step at exactly M datapoints, so samples_seen = steps * M.

@@ -14,9 +14,11 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from aevb.divergence import DivergenceWatch
 from aevb.elbo import ESTIMATORS, ElboTerms, elbo
-from aevb.errors import AevbError, require
+from aevb.errors import require
 from aevb.evaluation import REPORTED_SPLITS
+from aevb.resume import capture_rng, restore_rng
 from aevb.nets.base import Decoder, Encoder, init_normal_
 
 TERMS = ("elbo", "recon", "kl")
@@ -57,10 +59,12 @@ class VAEModuleBase(L.LightningModule):
             init_normal_(self, init_std)
         # keyed "<split>_<term>": ModuleDict keys may not shadow Module methods such as .train
         self.meters = nn.ModuleDict({f"{s}_{t}": MeanMetric() for s in SPLITS for t in TERMS})
+        for meter in self.meters.values():
+            meter.persistent(True)  # a resumed run continues the epoch's running means
         self.samples_seen = 0  # training datapoints evaluated, all ranks together (Figure 2's x-axis)
         self.eval_split = "test"  # which meters test_step feeds; set through select_eval_split
         self.run_config = run_config
-        self._last_train_elbo: Tensor | None = None
+        self.divergence = DivergenceWatch()
 
     # -- the objective ---------------------------------------------------------------------
     def elbo_terms(self, x: Tensor) -> ElboTerms:
@@ -79,25 +83,31 @@ class VAEModuleBase(L.LightningModule):
     def record(self, split: str, terms: ElboTerms) -> None:
         """Accumulate per-datapoint terms; Lightning computes (and syncs, under DDP) at epoch end."""
         if split == "train":
-            self._last_train_elbo = terms.elbo.detach()
+            self.divergence.update(self.global_step, terms.recon, terms.kl)
         for name in TERMS:
             meter = self.meters[f"{split}_{name}"]
             meter.update(getattr(terms, name).detach())
             self.log(f"{SPLITS[split]}/{name}", meter, on_step=False, on_epoch=True, batch_size=len(terms.elbo))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # One host sync every FINITE_CHECK_EVERY steps, not per step: stop a diverged run with a
-        # clear message instead of training on and writing NaN into summary.json.
-        if self.global_step % FINITE_CHECK_EVERY == 0 and self._last_train_elbo is not None:
-            bad = (~torch.isfinite(self._last_train_elbo)).any().float()
-            if self._trainer is not None and self.trainer.world_size > 1:
-                bad = self.trainer.strategy.reduce(bad, reduce_op="sum")  # every rank stops, or none
-            if bool(bad > 0):
-                raise AevbError(
-                    f"training diverged by step {self.global_step} ({self.samples_seen:,} samples): the ELBO is not"
-                    " finite; lower the step size (model.optimizer.lr), or for conv/U-Net backbones use"
-                    " model/optimizer=adam model.init_std=null (see experiment=backbones_mnist)"
-                )
+        # one host sync every FINITE_CHECK_EVERY steps, not per step (the watch itself lives on the device)
+        if self.global_step % FINITE_CHECK_EVERY == 0:
+            self.check_finite(f"by step {self.global_step}")
+
+    def check_finite(self, where: str) -> None:
+        """Stop with a one-line error if any training step so far had a non-finite ELBO term.
+
+        Called before everything that would carry a NaN out of the run: validation, curve points,
+        checkpoints, the final evaluation. Under DDP every rank stops, or none.
+        """
+        reduce = None
+        if self._trainer is not None and self.trainer.world_size > 1:
+            reduce = lambda t: self.trainer.strategy.reduce(t.float(), reduce_op="max").long()  # noqa: E731
+        self.divergence.check(where, reduce)
+
+    def on_validation_start(self) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self.check_finite("before validation")
 
     def count_samples(self, batch_size: int) -> None:
         self.samples_seen += batch_size * (self.trainer.world_size if self._trainer is not None else 1)
@@ -130,9 +140,13 @@ class VAEModuleBase(L.LightningModule):
         return self.optimizer_factory(self.parameters())
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite("before writing a checkpoint")  # no checkpoint ever holds a diverged model
         checkpoint["samples_seen"] = self.samples_seen
+        checkpoint["aevb_rng"] = capture_rng()  # exact resume: the noise streams continue where they were
         if self.run_config is not None:
             checkpoint["aevb_config"] = self.run_config  # lets aevb-eval and the figures rebuild the model
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.samples_seen = int(checkpoint.get("samples_seen", 0))
+        if "aevb_rng" in checkpoint and self._trainer is not None:  # resuming a fit, not loading for evaluation
+            restore_rng(checkpoint["aevb_rng"])

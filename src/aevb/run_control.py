@@ -1,0 +1,177 @@
+"""A run that is stopped never looks like a success and never loses what it had.
+
+``GracefulStop`` turns SIGTERM (what SLURM pre-emption and ``kill`` send), SIGINT (Ctrl-C)
+and SIGUSR1 (SLURM's warning before the time limit, with ``--signal=USR1@N``) into a stop at
+the end of the current training step: Lightning's own SIGTERM flag is set, the loop raises
+at the step boundary, and this callback then saves ``checkpoints/last.ckpt`` at that step,
+writes ``status.json`` (``interrupted``, the step and the command that resumes it) and,
+for SIGUSR1 under SLURM, requeues the job. ``aevb-train`` then exits with 128 + the signal
+number. A requeued SLURM job finds that status and resumes from the checkpoint by itself
+(``resume_after_requeue``). A second Ctrl-C stops at once.
+
+``ContinueLogs`` makes loggers that can (``ResumableCSVLogger``) keep the rows a resumed
+run had already written, up to the step it resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+
+import lightning as L
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from aevb.atomic import write_json_atomic
+
+STATUS_FILE = "status.json"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class RunInterrupted(SystemExit):
+    """Raised after an interrupted run saved its state; its code is 128 + the signal number."""
+
+
+def write_status(run_dir: Path, payload: dict) -> Path:
+    path = Path(run_dir) / STATUS_FILE
+    write_json_atomic(path, payload)
+    return path
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def resume_command(ckpt: Path, run_dir: Path) -> str:
+    """The aevb-train command line that resumes this run in its own folder."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = [o for o in HydraConfig.get().overrides.task
+                     if not o.startswith(("ckpt_path=", "hydra.run.dir=", "hydra/launcher=", "hydra.launcher."))]
+    except ValueError:  # not inside a Hydra run
+        overrides = []
+    return shlex.join(["aevb-train", *overrides, f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}"])
+
+
+def resume_after_requeue(run_dir: Path) -> Path | None:
+    """Under SLURM, a requeued job (SLURM_RESTART_COUNT > 0) resumes from the checkpoint its last attempt saved."""
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
+        return None
+    status = read_status(run_dir)
+    ckpt = Path(status.get("checkpoint", ""))
+    return ckpt if status.get("status") == "interrupted" and ckpt.is_file() else None
+
+
+def requeue_slurm_job() -> str | None:
+    """``scontrol requeue`` this job (array task aware); returns the job id, or None if not under SLURM."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if not job:
+        return None
+    subprocess.run(["scontrol", "requeue", job], check=False, capture_output=True)
+    return job
+
+
+class GracefulStop(L.Callback):
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._previous: dict = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after Lightning registered its own SIGTERM handler (at fit start), which we chain to
+        self.received = None
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._make_handler(trainer, sig))
+
+    def _make_handler(self, trainer: L.Trainer, sig: signal.Signals):
+        previous = self._previous[sig]
+
+        def handler(signum, frame):
+            if self.received is not None and sig == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            self.received = self.received or signal.Signals(signum)
+            if sig == signal.SIGTERM and callable(previous):
+                previous(signum, frame)  # Lightning's: sets the flag and tells the other DDP ranks
+            trainer._signal_connector.received_sigterm = True  # the loops stop at the next step boundary
+        return handler
+
+    def _restore_handlers(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+        if self.received is None or not isinstance(exception, SIGTERMException):
+            return
+        run_dir = Path(trainer.default_root_dir)
+        ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else run_dir / "checkpoints"
+        ckpt = (ckpt_dir / "last.ckpt").resolve()
+        trainer.save_checkpoint(ckpt)  # refuses (DivergedError) if the model has diverged
+        requeued = requeue_slurm_job() if self.received == signal.SIGUSR1 and trainer.is_global_zero else None
+        if trainer.is_global_zero:
+            write_status(run_dir, {
+                "status": "interrupted", "signal": self.received.name, "step": int(trainer.global_step),
+                "samples_seen": int(getattr(pl_module, "samples_seen", 0)), "checkpoint": str(ckpt),
+                "resume": resume_command(ckpt, run_dir.resolve()), "requeued_slurm_job": requeued,
+            })
+        raise RunInterrupted(128 + int(self.received))
+
+
+class ResumableExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it keeps an existing metrics.csv instead of deleting it."""
+
+    def _check_log_dir_exists(self) -> None:
+        pass
+
+    def drop_rows_after(self, step: int) -> None:
+        import csv
+
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as f:
+            reader = csv.DictReader(f)
+            keys, rows = list(reader.fieldnames or []), [r for r in reader if int(float(r["step"])) <= step]
+        with open(self.metrics_file_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.metrics_keys = keys
+
+
+class ResumableCSVLogger(CSVLogger):
+    """CSVLogger whose metrics.csv continues across a resume (rows past the resumed step are dropped)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ResumableExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = ResumableExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+    def drop_rows_after(self, step: int) -> None:
+        self.experiment.drop_rows_after(step)
+
+
+class ContinueLogs(L.Callback):
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                if hasattr(logger, "drop_rows_after"):
+                    logger.drop_rows_after(trainer.global_step)

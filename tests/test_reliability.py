@@ -1,0 +1,235 @@
+"""Killed, pre-empted, diverged or mis-configured runs: never a success, nothing lost, exact resume.
+
+Every run is a real aevb-train subprocess on Frey Face (fast: 15 batches an epoch), deterministic on
+the CPU, validating (and so checkpointing) every 5 steps, mid-epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import run_cli
+
+TESTS = Path(__file__).resolve().parent
+BASE = ("data=frey_face", "model.latent_dim=5", "max_samples=4500", "logger=csv", "callbacks.progress_bar=null",
+        "trainer.deterministic=true", "trainer.val_check_interval=5", "callbacks.elbo_curve.start=1000")
+FINAL = ("train/elbo", "val/elbo", "test/elbo", "samples_seen", "global_step")
+
+
+def _assert_one_line_error(proc, *fragments):
+    """Exit 2, one `aevb-train: error:` line holding every fragment, no traceback (Lightning's INFO lines may stay)."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+    assert len(errors) == 1 and errors[0].startswith("aevb-train: error: "), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def _env(mirror, **extra) -> dict:
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    return {"AEVB_DATA_MIRROR": str(mirror), "PYTHONPATH": path, **extra}
+
+
+def _train(run_dir: Path, mirror, *extra: str, env: dict | None = None):
+    return run_cli(*BASE, f"hydra.run.dir={run_dir}", *extra, env_extra={**_env(mirror), **(env or {})})
+
+
+def _signal_at(step: int, sig: str, where: str = "train") -> tuple[str, ...]:
+    return ("+callbacks.stop._target_=kill_callbacks.SignalAt", f"+callbacks.stop.step={step}",
+            f"+callbacks.stop.sig={sig}", f"+callbacks.stop.where={where}")
+
+
+def _resume(run_dir: Path, mirror, *extra: str, env: dict | None = None):
+    return _train(run_dir, mirror, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", *extra, env=env)
+
+
+def _final(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {k: summary[k] for k in FINAL}
+
+
+@pytest.fixture(scope="module")
+def reference(mirror, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    proc = _train(run_dir, mirror)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.parametrize("step,where", [(23, "train"),        # mid-epoch, 3 steps after a checkpoint
+                                        (31, "train"),        # just after the checkpoint of step 30
+                                        (40, "validation")],  # inside the validation at step 40
+                         ids=["mid-epoch", "after-checkpoint", "during-validation"])
+def test_sigkill_then_resume_ends_exactly_where_the_uninterrupted_run_does(reference, mirror, tmp_path, step, where):
+    killed = _train(tmp_path, mirror, *_signal_at(step, "SIGKILL", where))
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "summary.json").exists()
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert 0 < ckpt["global_step"] <= step and ckpt["global_step"] % 5 == 0
+    resumed = _resume(tmp_path, mirror)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _final(tmp_path) == _final(reference)  # exactly: same weights, noise, data position
+    assert (tmp_path / "curve.csv").read_text() == (reference / "curve.csv").read_text()
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    steps = [int(float(r.split(",")[[*rows[0].split(",")].index("step")])) for r in rows[1:]]
+    assert min(steps) < ckpt["global_step"]  # the rows from before the crash are still there
+
+
+def test_sigterm_checkpoints_at_that_step_and_resumes_exactly(reference, mirror, tmp_path):
+    stopped = _train(tmp_path, mirror, *_signal_at(17, "SIGTERM"))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGTERM" and status["step"] == 17
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 17
+    assert not (tmp_path / "summary.json").exists()
+    lines = [ln for ln in stopped.stderr.splitlines() if "interrupted by SIGTERM" in ln]
+    assert len(lines) == 1 and "at step 17" in lines[0] and status["resume"] in lines[0]
+    assert "Traceback" not in stopped.stderr
+    resumed = _resume(tmp_path, mirror)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _final(tmp_path) == _final(reference)
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "finished"
+
+
+def test_ctrl_c_checkpoints_and_says_how_to_resume(mirror, tmp_path):
+    stopped = _train(tmp_path, mirror, *_signal_at(12, "SIGINT"))
+    assert stopped.returncode == 128 + signal.SIGINT
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["signal"] == "SIGINT" and status["step"] == 12 and "ckpt_path=" in status["resume"]
+
+
+def test_slurm_requeue_signal_requeues_and_the_requeued_job_resumes_by_itself(reference, mirror, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"  # records what the job asked SLURM to do
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scontrol.log'}\n")
+    scontrol.chmod(scontrol.stat().st_mode | stat.S_IEXEC)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "aevb", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    run_dir = tmp_path / "run"
+    first = _train(run_dir, mirror, *_signal_at(22, "SIGUSR1"), env=slurm)
+    assert first.returncode == 128 + signal.SIGUSR1, first.stderr[-3000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert json.loads((run_dir / "status.json").read_text())["requeued_slurm_job"] == "4242"
+    # SLURM starts the same command again, with SLURM_RESTART_COUNT set
+    again = _train(run_dir, mirror, env={**slurm, "SLURM_RESTART_COUNT": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout
+    assert _final(run_dir) == _final(reference)
+
+
+def test_divergence_stops_with_one_line_and_leaves_no_nan(mirror, tmp_path):
+    proc = run_cli("model/optimizer=adam", "model.optimizer.lr=1000", "max_samples=5000", "logger=csv",
+                   "callbacks.progress_bar=null", "trainer.val_check_interval=10", f"hydra.run.dir={tmp_path}",
+                   env_extra=_env(mirror))
+    _assert_one_line_error(proc, "training diverged at step", "not finite")
+    assert not (tmp_path / "summary.json").exists()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if last.exists():  # a checkpoint from before the divergence: finite
+        state = torch.load(last, weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    if (tmp_path / "curve.csv").exists():
+        assert "nan" not in (tmp_path / "curve.csv").read_text().lower()
+
+
+def test_resume_with_another_shape_is_refused_before_touching_the_run(reference, mirror, tmp_path):
+    run_dir = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(reference, run_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    proc = _resume(run_dir, mirror, "model.latent_dim=20")
+    _assert_one_line_error(proc, "does not match the configured model", "encoder")
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(reference, mirror, tmp_path):
+    import resource
+    import shutil
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = _md5(last)
+    limit = last.stat().st_size // 2  # a "full disk": no file may grow past half a checkpoint
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(_env(mirror), PYTHONWARNINGS="ignore")
+    exe = Path(sys.executable).with_name("aevb-train")
+    proc = subprocess.run([str(exe), *BASE, "max_samples=9000", f"hydra.run.dir={run_dir}", f"ckpt_path={last}"],
+                          env=env, capture_output=True, text=True, timeout=240, preexec_fn=small_disk)
+    _assert_one_line_error(proc, "could not write checkpoint", "intact")
+    assert _md5(last) == before
+    assert not list(run_dir.rglob(".*.tmp-*"))
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("model.optimizer.lr=-0.02", "model.optimizer.lr must be a positive number"),
+    ("model.optimizer.lr=0", "model.optimizer.lr must be a positive number"),
+    ("max_samples=abc", "max_samples must be a positive whole number"),
+    ("max_samples=2.5", "max_samples must be a positive whole number"),
+    ("ckpt_path=/nonexistent/last.ckpt", "does not exist"),
+])
+def test_bad_inputs_get_one_line_and_leave_nothing(mirror, tmp_path, override, fragment):
+    run_dir = tmp_path / "run"
+    proc = run_cli("data=frey_face", "logger=csv", override, f"hydra.run.dir={run_dir}", env_extra=_env(mirror))
+    _assert_one_line_error(proc, fragment)
+    assert not run_dir.exists()
+
+
+def test_an_output_folder_that_cannot_be_created_gets_one_line(mirror, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = run_cli("data=frey_face", "logger=csv", f"hydra.run.dir={blocker / 'run'}", env_extra=_env(mirror))
+    _assert_one_line_error(proc, "cannot be created", "is a file")
+
+
+def test_a_sweep_folder_is_never_reused(mirror, tmp_path):
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", "data=frey_face", "model.latent_dim=2,3", "max_samples=200", "logger=csv", "callbacks=none",
+                    f"hydra.sweep.dir={sweep}", env_extra=_env(mirror))
+    assert first.returncode == 0, first.stderr[-3000:]
+    report = (sweep / "results.md").read_text()
+    second = run_cli("-m", "data=frey_face", "model.latent_dim=2", "max_samples=200", "logger=csv", "callbacks=none",
+                     f"hydra.sweep.dir={sweep}", env_extra=_env(mirror))
+    _assert_one_line_error(second, "already holds a sweep (2 job folders)")
+    assert (sweep / "results.md").read_text() == report
+
+
+def test_a_partial_evaluation_never_overwrites_a_full_one(reference, mirror, tmp_path):
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(reference, run_dir)
+    exe = Path(sys.executable).with_name("aevb-eval")
+    env = {**os.environ, **_env(mirror)}
+    full = subprocess.run([str(exe), str(run_dir), "--k", "10"], env=env, capture_output=True, text=True, timeout=240)
+    part = subprocess.run([str(exe), str(run_dir), "--k", "10", "--max-datapoints", "50"], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert full.returncode == 0 and part.returncode == 0, full.stderr[-2000:] + part.stderr[-2000:]
+    whole = json.loads((run_dir / "eval_test_k10_seed0.json").read_text())
+    first = json.loads((run_dir / "eval_test_k10_seed0_first50.json").read_text())
+    assert whole["n_datapoints"] == 200 and first["n_datapoints"] == 50
