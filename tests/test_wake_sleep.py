@@ -267,7 +267,7 @@ def test_config_composes_and_builds(datamodule):
     assert model.latent_dim == 3 and not model.automatic_optimization
     # every key of the model config reaches the module
     assert model.phases == "sequential", "the algorithm's order is the default"
-    for key in ("latent_dim", "n_samples", "estimator", "weight_prior", "init_std", "phases"):
+    for key in ("latent_dim", "n_samples", "estimator", "weight_prior", "init", "init_std", "phases"):
         assert model.hparams[key] == OmegaConf.select(cfg, f"model.{key}"), key
     opt_dec, opt_enc = model.configure_optimizers()
     assert isinstance(opt_dec, torch.optim.Adagrad) and opt_dec.defaults["lr"] == cfg.model.optimizer.lr
