@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import lightning as L
 import pytest
 import torch
 
@@ -62,14 +63,16 @@ def sleep_objective(model: WakeSleep, z: torch.Tensor, x: torch.Tensor) -> float
         return float(model.sleep_logq(z, x).mean())
 
 
-def plain_step(model: WakeSleep, opt_dec, opt_enc, x: torch.Tensor) -> None:
-    """The training step without Lightning: both phases, one backward, both optimisers."""
+def plain_step(model: WakeSleep, opt_dec, opt_enc, x: torch.Tensor, sequential: bool = True) -> None:
+    """The training step by hand, without Lightning: wake step, then (sequential) dreams from the updated decoder."""
     terms = model.wake_terms(x)
-    logq = model.sleep_logq(*model.dream(x.shape[0]))
+    dreams = None if sequential else model.dream(x.shape[0])  # simultaneous: the decoder before its update
     opt_dec.zero_grad()
-    opt_enc.zero_grad()
-    (model.wake_loss(terms) + model.sleep_loss(logq)).backward()
+    model.wake_loss(terms).backward()
     opt_dec.step()
+    logq = model.sleep_logq(*(dreams if dreams is not None else model.dream(x.shape[0])))
+    opt_enc.zero_grad()
+    model.sleep_loss(logq).backward()
     opt_enc.step()
 
 
@@ -184,6 +187,63 @@ def test_lightning_run_counts_samples_and_logs(datamodule):
         assert not torch.equal(p.detach(), params_before[name]), f"{name} was not updated"
 
 
+class ReseedEveryStep(L.Callback):
+    """The same random stream per step as the hand-rolled loop: torch.manual_seed(1000 + batch_idx)."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        torch.manual_seed(1000 + batch_idx)
+
+
+def _train_lightning(model: WakeSleep, batches: list[torch.Tensor]) -> None:
+    trainer = L.Trainer(max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1, num_sanity_val_steps=0,
+                        limit_val_batches=0, callbacks=[ReseedEveryStep()])
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    assert trainer.global_step == len(batches) and model.samples_seen == sum(len(b) for b in batches)
+
+
+@pytest.mark.parametrize("phases", ["sequential", "simultaneous"])
+def test_training_step_equals_hand_rolled_phases(phases):
+    """The module's step = a hand-rolled step with the same random streams; sequential dreams from the updated decoder.
+
+    The hand-rolled sequential step draws its dreams after opt_dec.step(), so agreement to float
+    precision shows the module's sleep phase saw the decoder after that step's wake update; the
+    simultaneous option agrees with the hand-rolled simultaneous step instead, and the two differ.
+    """
+    torch.manual_seed(0)
+    batches = [torch.rand(20, 1, 28, 28) for _ in range(3)]
+    torch.manual_seed(1)
+    init = make_model(n_train=1000).state_dict()
+    module = make_model(n_train=1000, phases=phases)
+    module.load_state_dict(init)
+    _train_lightning(module, batches)
+
+    by_hand = make_model(n_train=1000)
+    by_hand.load_state_dict(init)
+    opt_dec, opt_enc = by_hand.configure_optimizers()
+    for i, x in enumerate(batches):
+        torch.manual_seed(1000 + i)
+        plain_step(by_hand, opt_dec, opt_enc, x, sequential=phases == "sequential")
+    for (name, p), q in zip(module.named_parameters(), by_hand.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=f"{name} differs from the hand-rolled step")
+
+    other = make_model(n_train=1000)
+    other.load_state_dict(init)
+    opt_dec, opt_enc = other.configure_optimizers()
+    for i, x in enumerate(batches):
+        torch.manual_seed(1000 + i)
+        plain_step(other, opt_dec, opt_enc, x, sequential=phases != "sequential")
+    enc_gap = max(float((p - q).detach().abs().max()) for p, q in zip(module.encoder.parameters(), other.encoder.parameters()))
+    assert enc_gap > 1e-4, f"sequential and simultaneous encoders agree to {enc_gap:.2e}: the test could not tell them apart"
+
+
+def test_bad_phases_option_is_rejected():
+    from aevb.errors import AevbError
+
+    with pytest.raises(AevbError, match="model.phases must be one of sequential, simultaneous"):
+        make_model(phases="alternating")
+
+
 def test_config_composes_and_builds(datamodule):
     from omegaconf import OmegaConf
 
@@ -195,9 +255,50 @@ def test_config_composes_and_builds(datamodule):
     assert isinstance(model, WakeSleep) and isinstance(model, VAEModuleBase)
     assert model.latent_dim == 3 and not model.automatic_optimization
     # every key of the model config reaches the module
-    for key in ("latent_dim", "n_samples", "estimator", "weight_prior", "init_std"):
+    assert model.phases == "sequential", "the algorithm's order is the default"
+    for key in ("latent_dim", "n_samples", "estimator", "weight_prior", "init", "init_std", "phases"):
         assert model.hparams[key] == OmegaConf.select(cfg, f"model.{key}"), key
     opt_dec, opt_enc = model.configure_optimizers()
     assert isinstance(opt_dec, torch.optim.Adagrad) and opt_dec.defaults["lr"] == cfg.model.optimizer.lr
     assert {id(p) for g in opt_dec.param_groups for p in g["params"]} == {id(p) for p in model.decoder.parameters()}
     assert {id(p) for g in opt_enc.param_groups for p in g["params"]} == {id(p) for p in model.encoder.parameters()}
+
+
+def test_average_gradients_is_the_mean_over_two_gloo_ranks(tmp_path):
+    """Each phase's gradients are averaged over the ranks (not summed), one all-reduce; a grad-less parameter stays so."""
+    import torch.multiprocessing as mp
+
+    from ddp_probe import average_gradients_worker
+
+    mp.spawn(average_gradients_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "grads")), nprocs=2)
+    for rank in (0, 1):
+        g = torch.load(tmp_path / f"grads.rank{rank}")
+        torch.testing.assert_close(g[0], 1.5 * torch.arange(6.0).view(3, 2))  # mean of 1x and 2x
+        torch.testing.assert_close(g[1], 1.5 * torch.arange(4.0))
+        assert g[2] is None
+
+
+@pytest.mark.slow  # ~20 s: two aevb-train processes
+def test_ddp_two_cpu_processes_keep_ranks_identical(mirror, tmp_path):
+    """2 gloo ranks, different data each: identical final parameters only if every phase's gradients were synced."""
+    import json
+
+    from helpers import run_cli
+
+    probe = tmp_path / "probe"
+    proc = run_cli("model=wake_sleep", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=frey_face",
+                   "model.latent_dim=2", "max_samples=2000", "logger=csv", "callbacks.progress_bar=null",
+                   "+callbacks.ddp_probe._target_=ddp_probe.DdpProbe", f"+callbacks.ddp_probe.out_dir={probe}",
+                   f"hydra.run.dir={tmp_path / 'run'}",
+                   env_extra={"AEVB_DATA_MIRROR": str(mirror),
+                              "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), str(Path(__file__).parent)])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["samples_seen"] == 2000 and summary["global_step"] == 10, "one global step per batch of 2 x 100"
+    r0, r1 = (torch.load(probe / f"rank{r}.pt") for r in (0, 1))
+    assert r0["global_step"] == r1["global_step"] == 10 and r0["samples_seen"] == r1["samples_seen"] == 2000
+    assert not torch.equal(r0["first_batch"], r1["first_batch"]), "the ranks must see different data"
+    for name, p in r0["params"].items():
+        assert torch.equal(p, r1["params"][name]), f"{name} differs between the ranks"
+    init_std = torch.cat([p.flatten() for p in r0["params"].values()]).std()
+    assert init_std > 0.011, "training moved the parameters away from N(0, 0.01)"

@@ -18,8 +18,8 @@ from aevb.divergence import DivergenceWatch
 from aevb.elbo import ESTIMATORS, ElboTerms, elbo
 from aevb.errors import require
 from aevb.evaluation import REPORTED_SPLITS
+from aevb.nets.base import INITS, Decoder, Encoder, initialise_
 from aevb.resume import capture_rng, restore_rng
-from aevb.nets.base import Decoder, Encoder, init_normal_
 
 TERMS = ("elbo", "recon", "kl")
 FINITE_CHECK_EVERY = 100  # training steps between checks that the ELBO is still finite
@@ -39,6 +39,7 @@ class VAEModuleBase(L.LightningModule):
         estimator: str = "analytic",
         weight_prior: bool = True,
         init_std: float | None = 0.01,
+        init: str = "paper",
         run_config: dict | None = None,
     ):
         """``run_config``: the resolved run config, stored in every checkpoint so that aevb-eval and
@@ -49,14 +50,17 @@ class VAEModuleBase(L.LightningModule):
         require(estimator in ESTIMATORS, f"model.estimator must be one of {', '.join(ESTIMATORS)}, got '{estimator}'")
         require(n_train > 0, "the training set is empty")
         require(init_std is None or init_std > 0, f"model.init_std must be > 0 or null, got {init_std}")
+        require(init in INITS, f"model.init must be one of {', '.join(INITS)}, got '{init}'")
+        require(init_std is not None or init == "paper",
+                f"model.init_std=null keeps PyTorch's default init; model.init={init} needs a std for its normal draws")
         self.save_hyperparameters(ignore=["encoder", "decoder", "optimizer", "run_config"])
         self.encoder, self.decoder = encoder, decoder
         self.likelihood = decoder.likelihood
         self.optimizer_factory = optimizer
         self.latent_dim, self.n_train = latent_dim, n_train
         self.n_samples, self.estimator, self.weight_prior = n_samples, estimator, weight_prior
-        if init_std is not None:
-            init_normal_(self, init_std)
+        if init_std is not None:  # null: PyTorch's own init (conv backbones, see experiment=backbones_mnist)
+            initialise_(encoder, decoder, init, init_std)
         # keyed "<split>_<term>": ModuleDict keys may not shadow Module methods such as .train
         self.meters = nn.ModuleDict({f"{s}_{t}": MeanMetric() for s in SPLITS for t in TERMS})
         for meter in self.meters.values():

@@ -44,6 +44,15 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def logvar_head(self) -> list[Tensor]:
+        """The weights and bias of the layer that outputs log sigma^2 of q(z|x), as views of the parameters.
+
+        A view, not a whole parameter, where one layer outputs mean and log-variance together (the
+        U-Net's ``heads``: the second half of its output units/channels). ``init=authors_2014|fan_in``
+        set these to 0, so q starts with unit variance.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not name its log-variance head")
+
 
 class Decoder(nn.Module):
     def __init__(self, data_shape: Sequence[int], latent_dim: int, likelihood: Likelihood):
@@ -59,12 +68,47 @@ class Decoder(nn.Module):
     def forward(self, z: Tensor) -> dict[str, Tensor]:
         return self.likelihood.params(self.raw(z))
 
+    def output_bias(self) -> list[Tensor]:
+        """The bias(es) added last to ``raw(z)``: every likelihood parameter of every pixel has one.
+
+        ``init=authors_2014|fan_in`` set them to 0 (the authors' ``b_out``), so the decoder starts at
+        mean 0.5 (Bernoulli logits 0, Gaussian sigmoid(0)) and, for a Gaussian, log-variance 0.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not name its output bias")
+
+
+INITS = ("paper", "authors_2014", "fan_in")
+
 
 def init_normal_(module: nn.Module, std: float) -> None:
     """Draw every parameter from N(0, std^2): the paper's initialisation (std 0.01)."""
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0.0, std)
+
+
+def fan_in(weight: Tensor) -> int:
+    """Inputs per output unit, torch's convention: size(1) * kernel size (in_features for Linear)."""
+    return nn.init._calculate_fan_in_and_fan_out(weight)[0]
+
+
+def initialise_(encoder: Encoder, decoder: Decoder, scheme: str, std: float) -> None:
+    """The named initialisations (``model.init``); ``std`` is ``model.init_std``.
+
+    * ``paper``: every parameter N(0, std^2) (the paper's text, std 0.01).
+    * ``authors_2014``: the same, then the encoder's log-variance head and the decoder's output
+      bias at 0 (the authors' code, mid-2014).
+    * ``fan_in``: weight tensors (2+ dims) N(0, 1/fan_in), the same two sets at 0, every other
+      (vector) parameter N(0, std^2) (the authors' code from August 2014 on).
+    """
+    require(scheme in INITS, f"model.init must be one of {', '.join(INITS)}, got '{scheme}'")
+    with torch.no_grad():
+        for net in (encoder, decoder):
+            for p in net.parameters():
+                p.normal_(0.0, fan_in(p) ** -0.5 if scheme == "fan_in" and p.dim() >= 2 else std)
+        if scheme != "paper":
+            for t in (*encoder.logvar_head(), *decoder.output_bias()):
+                t.zero_()
 
 
 def count_parameters(module: nn.Module) -> int:

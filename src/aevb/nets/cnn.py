@@ -71,6 +71,9 @@ class CNNEncoder(Encoder):
         h = self.features(x)
         return self.mean(h), self.logvar(h)
 
+    def logvar_head(self):
+        return [self.logvar.weight, self.logvar.bias]
+
 
 class CNNDecoder(Decoder):
     """Mirror of CNNEncoder: dense layers to the bottom feature map, one 2x transposed conv + ReLU per
@@ -107,6 +110,9 @@ class CNNDecoder(Decoder):
             prev = width
         layers.append(nn.Conv2d(prev, likelihood.n_params * self.data_shape[0], 3, padding=1))
         self.up = nn.Sequential(*layers)
+
+    def output_bias(self):
+        return [self.up[-1].bias]  # the final 3x3 conv's, one per output map
 
     def raw(self, z: Tensor) -> Tensor:
         return to_raw(self.up(self.stem(z)), self.data_shape, self.likelihood.n_params)

@@ -26,6 +26,9 @@ class MLPEncoder(Encoder):
         h = self.hidden(x)
         return self.mean(h), self.logvar(h)
 
+    def logvar_head(self):
+        return [self.logvar.weight, self.logvar.bias]
+
 
 class MLPDecoder(Decoder):
     """h = tanh(W4 z + b4); raw likelihood parameters = W5 h + b5 (and W6 h + b6 for a Gaussian)."""
@@ -39,6 +42,9 @@ class MLPDecoder(Decoder):
             nn.Tanh(),
             nn.Linear(hidden_dim, likelihood.n_params * math.prod(self.data_shape)),
         )
+
+    def output_bias(self):
+        return [self.net[-1].bias]
 
     def raw(self, z: Tensor) -> Tensor:
         return self.net(z).unflatten(1, (self.likelihood.n_params, *self.data_shape))

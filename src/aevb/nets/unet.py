@@ -147,6 +147,12 @@ class UNetEncoder(Encoder):
         mean, logvar = self.heads(self.features(x)).chunk(2, dim=1)
         return mean, logvar
 
+    def logvar_head(self):
+        """The second half of ``heads``' output units (vector latent) or channels (spatial): what chunk(2) calls logvar."""
+        layer = self.heads if self.spatial else self.heads[-1]
+        half = layer.out_channels // 2 if self.spatial else layer.out_features // 2
+        return [layer.weight[half:], layer.bias[half:]]
+
 
 class UNetDecoder(Decoder):
     """SD-style decoder from z alone: bottom map, middle block, upsampling levels, 3x3 conv out, centre crop."""
@@ -183,6 +189,9 @@ class UNetDecoder(Decoder):
                 layers.append(Upsample(prev))
         layers += [_norm(norm_groups, prev), nn.SiLU(), nn.Conv2d(prev, likelihood.n_params * self.data_shape[0], 3, padding=1)]
         self.body = nn.Sequential(*layers)
+
+    def output_bias(self):
+        return [self.body[-1].bias]  # the final 3x3 conv's, one per output map
 
     def raw(self, z: Tensor) -> Tensor:
         b = z.shape[0]
