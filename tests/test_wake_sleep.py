@@ -8,6 +8,8 @@ updates alone, never from a lucky draw.
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
 import lightning as L
 import pytest
