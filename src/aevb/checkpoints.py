@@ -34,6 +34,36 @@ def load_model(ckpt_path: str | Path, map_location: str = "cpu", data_module=Non
     return model.eval(), dm, cfg
 
 
+def load_as(cls, ckpt_path: str | Path, map_location=None):
+    """The model of ``ckpt_path``, which must be a ``cls`` (the body of ``<Model>.load_from_checkpoint``)."""
+    model, _dm, _cfg = load_model(ckpt_path, map_location=map_location or "cpu")
+    if not isinstance(model, cls):
+        kind = type(model).__name__
+        raise AevbError(f"{ckpt_path} holds a {kind} model, not {cls.__name__}: use {kind}.load_from_checkpoint")
+    return model
+
+
+def best_checkpoint(trainer, final_val_elbo: float) -> str | None:
+    """Make ``best.ckpt`` the model with the highest val ELBO among the validations during fit *and the final
+    model* (its val ELBO from the final evaluation), so every finished run has one, also when no validation
+    ran (a budget under one epoch). Call after last.ckpt holds the final model; returns a line for the report."""
+    import shutil
+
+    cb = trainer.checkpoint_callback
+    if cb is None or cb.dirpath is None or cb.monitor != "val/elbo" or "{" in (cb.filename or "{"):
+        return None
+    best, last = Path(cb.dirpath) / f"{cb.filename}.ckpt", Path(cb.dirpath) / "last.ckpt"
+    score = None if cb.best_model_score is None else float(cb.best_model_score)
+    # the final val ELBO competes only when it covered the same datapoints as the validations during fit
+    comparable = trainer.limit_val_batches == trainer.limit_test_batches
+    better = score is None or (comparable and (final_val_elbo > score if cb.mode == "max" else final_val_elbo < score))
+    if better:
+        shutil.copyfile(last, best)
+        how = "the final model" + ("" if score is None else f", better than every validation during fit ({score:.2f})")
+        return f"best.ckpt: {how}, val ELBO {final_val_elbo:.2f} nats per datapoint"
+    return f"best.ckpt: val ELBO {score:.2f} nats per datapoint (a validation during fit); last.ckpt: the final model"
+
+
 def resolve_checkpoint(arg: str | Path) -> Path:
     """A checkpoint file, or a run directory holding checkpoints/last.ckpt."""
     p = Path(arg)

@@ -45,8 +45,8 @@ def final_evaluation(trainer, model, dm) -> dict:
         model.eval_split = split
         res = trainer.test(model, dataloaders=dm.eval_dataloader(split, distributed=True), verbose=False)[0]
         for term in ("elbo", "recon", "kl"):
-            out[f"{prefix}/{term}"] = float(res[f"{prefix}/{term}"])
-        out[f"{prefix}/n_datapoints"] = dm.split_size(split)
+            out[f"{prefix}/{term}"] = float(res[f"final/{prefix}/{term}"])
+        out[f"{prefix}/n_datapoints"] = int(res[f"final/{prefix}/n_datapoints"])  # what the loop saw, all ranks
     model.eval_split = "test"
     return out
 
@@ -72,11 +72,19 @@ def run(cfg: DictConfig) -> dict:
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
+    from lightning.pytorch.utilities import rank_zero_only
 
+    from aevb.checkpoints import best_checkpoint
+    from aevb.console import quiet_third_party
+    from aevb.dashboards import finish as finish_dashboards
+    from aevb.dashboards import make_loggers
     from aevb.nets.base import count_parameters
 
     check_values(cfg)
+    quiet_third_party()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if rank_zero_only.rank == 0:
+        print(f"run folder: {out_dir}", flush=True)
     started = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm, model = build(cfg)
@@ -87,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
     (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(resolved))
     model.run_config = resolved
 
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c is not None]
+    loggers = make_loggers(cfg, resolved)
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     _refuse_ddp_in_local_sweep(cfg)
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
@@ -119,9 +127,11 @@ def run(cfg: DictConfig) -> dict:
     })
     if trainer.is_global_zero:
         write_json_atomic(out_dir / "summary.json", summary)
+        best = best_checkpoint(trainer, summary["val/elbo"])
         print_report(summary)
-        _log_images(loggers, model, dm, summary)
-        _wandb_hint(loggers)
+        if best:
+            print(best, flush=True)
+        finish_dashboards(loggers, model, dm, summary, resolved, trainer.global_step)
     return summary
 
 
@@ -133,32 +143,6 @@ def _refuse_ddp_in_local_sweep(cfg: DictConfig) -> None:
     if "ddp" in strategy and _is_multirun() and not launched:
         raise ConfigError("trainer=ddp inside a sweep needs hydra/launcher=slurm with"
                           " hydra.launcher.tasks_per_node=<trainer.devices>; locally, sweep with one device per job")
-
-
-def _log_images(loggers, model, dm, summary: dict) -> None:
-    """Samples, test reconstructions and (N_z = 2) the manifold, as the figures show them, to wandb."""
-    wandb_loggers = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
-    if not wandb_loggers:
-        return
-    from aevb.figures import manifold_grid, reconstruction_grid, sample_grid
-
-    note = f"{dm.name}, N_z = {summary['latent_dim']}, after {summary['samples_seen']:,} training samples"
-    images = {"samples": (sample_grid(model, 100, seed=0), f"100 samples E[x|z], z ~ N(0, I); {note}"),
-              "reconstructions": (reconstruction_grid(model, dm.splits["test"], 10),
-                                  f"top: test images, bottom: reconstructions; {note}")}
-    if model.encoder.latent_shape == (2,):
-        images["manifold"] = (manifold_grid(model, 20), f"learned 2-D manifold (Figure 4); {note}")
-    for lg in wandb_loggers:
-        for key, (array, caption) in images.items():
-            lg.log_image(key=f"images/{key}", images=[array], caption=[caption])
-
-
-def _wandb_hint(loggers) -> None:
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_offline", False):
-            run_dir = Path(lg.experiment.dir).parent
-            lg.experiment.finish()
-            print(f"wandb: offline run saved in {run_dir}; upload it with `wandb sync {run_dir}`", flush=True)
 
 
 def _is_multirun() -> bool:
@@ -196,6 +180,9 @@ def _record_failure(exc: Exception) -> None:
 
 
 def main() -> None:
+    from aevb.console import quiet_third_party
+
+    quiet_third_party()
     register_resolver()
     try:
         preflight(sys.argv[1:])

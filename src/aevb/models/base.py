@@ -12,7 +12,7 @@ from typing import Callable
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from aevb.elbo import ESTIMATORS, ElboTerms, elbo
 from aevb.errors import AevbError, require
@@ -22,6 +22,14 @@ TERMS = ("elbo", "recon", "kl")
 FINITE_CHECK_EVERY = 100  # training steps between checks that the ELBO is still finite
 # metric sets -> the prefix they log under; "train_eval" is the final pass over a fixed training subset
 SPLITS = {"train": "train", "val": "val", "test": "test", "train_eval": "train"}
+
+
+def metric_name(split: str, term: str, final: bool = False) -> str:
+    """The logged name: ``train/<term>_running`` is the running mean over the training batches of an epoch,
+    ``val/<term>`` a validation during fit, ``final/<split>/<term>`` the final evaluation (aevb.train)."""
+    if split == "train":
+        return f"train/{term}_running"
+    return f"{'final/' if final else ''}{SPLITS[split]}/{term}"
 
 
 class VAEModuleBase(L.LightningModule):
@@ -54,6 +62,7 @@ class VAEModuleBase(L.LightningModule):
             init_normal_(self, init_std)
         # keyed "<split>_<term>": ModuleDict keys may not shadow Module methods such as .train
         self.meters = nn.ModuleDict({f"{s}_{t}": MeanMetric() for s in SPLITS for t in TERMS})
+        self.counts = nn.ModuleDict({s: SumMetric() for s in SPLITS if s != "train"})  # datapoints really evaluated
         self.samples_seen = 0  # training datapoints evaluated, all ranks together (Figure 2's x-axis)
         self.eval_split = "test"  # which meters test_step feeds; see aevb.train.final_evaluation
         self._last_train_elbo: Tensor | None = None
@@ -72,14 +81,17 @@ class VAEModuleBase(L.LightningModule):
         params = self.parameters() if params is None else params
         return 0.5 * sum(p.pow(2).sum() for p in params) / self.n_train
 
-    def record(self, split: str, terms: ElboTerms) -> None:
+    def record(self, split: str, terms: ElboTerms, final: bool = False) -> None:
         """Accumulate per-datapoint terms; Lightning computes (and syncs, under DDP) at epoch end."""
         if split == "train":
             self._last_train_elbo = terms.elbo.detach()
         for name in TERMS:
             meter = self.meters[f"{split}_{name}"]
             meter.update(getattr(terms, name).detach())
-            self.log(f"{SPLITS[split]}/{name}", meter, on_step=False, on_epoch=True, batch_size=len(terms.elbo))
+            self.log(metric_name(split, name, final), meter, on_step=False, on_epoch=True, batch_size=len(terms.elbo))
+        if split in self.counts:
+            self.counts[split].update(len(terms.elbo))
+            self.log(metric_name(split, "n_datapoints", final), self.counts[split], on_step=False, on_epoch=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # One host sync every FINITE_CHECK_EVERY steps, not per step: stop a diverged run with a
@@ -106,7 +118,7 @@ class VAEModuleBase(L.LightningModule):
         self.log("samples_seen", float(self.samples_seen))
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
-        self.record(self.eval_split, self.elbo_terms(x))
+        self.record(self.eval_split, self.elbo_terms(x), final=True)
 
     # -- generation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -127,3 +139,14 @@ class VAEModuleBase(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.samples_seen = int(checkpoint.get("samples_seen", 0))
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
+        """``AEVB.load_from_checkpoint(path)`` on any checkpoint aevb-train writes: the networks are rebuilt from the
+        config stored inside (aevb.checkpoints.load_model), so no other argument is needed. Eval mode."""
+        from aevb.checkpoints import load_as
+
+        if kwargs:
+            raise AevbError(f"{cls.__name__}.load_from_checkpoint takes the checkpoint path and map_location only;"
+                            f" the configuration comes from the checkpoint (got {', '.join(sorted(kwargs))})")
+        return load_as(cls, checkpoint_path, map_location)
