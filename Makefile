@@ -20,9 +20,13 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export AEVB_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train test test-slow fig2-mnist fig2-frey fig3 fig4 fig5 figures clean
+.PHONY: help install train test test-slow fig2-mnist fig2-frey fig3 fig4 fig5 figures clean
 
-install: $(VENV)/.installed
+.DEFAULT_GOAL := install
+help:  ## list the targets, one line each
+	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(VENV)/.installed  ## create .venv and install aevb (editable, with tests and TensorBoard)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,49 +34,49 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-train: install
+train: install  ## train the paper's MNIST model (N_z = 20, 10^6 samples); ARGS="..." for overrides
 	$(BIN)/aevb-train $(ARGS)
 
-test: install
+test: install  ## run the tests (not the slow ones)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-test-slow: install
+test-slow: install  ## run the slow 10^6-sample fidelity tests
 	$(BIN)/python -m pytest -m slow $(ARGS)
 
 # --- the paper's experiments: each trains its sweep, then draws its figure -----------------
-fig2-mnist: install
+fig2-mnist: install  ## Figure 2, MNIST: AEVB vs wake-sleep sweep, then the figure (SAMPLES=, LAUNCHER=, TRAINER=)
 	$(BIN)/aevb-train -m experiment=fig2_mnist hydra.sweep.dir=$(SWEEPS)/fig2_mnist $(KNOBS) $(ARGS)
 	$(BIN)/aevb-figures fig2 $(SWEEPS)/fig2_mnist --out $(FIGURES)
 
-fig2-frey: install
+fig2-frey: install  ## Figure 2, Frey Face: AEVB vs wake-sleep sweep, then the figure
 	$(BIN)/aevb-train -m experiment=fig2_frey hydra.sweep.dir=$(SWEEPS)/fig2_frey $(KNOBS) $(ARGS)
 	$(BIN)/aevb-figures fig2 $(SWEEPS)/fig2_frey --out $(FIGURES)
 
-fig3: install
+fig3: install  ## Figure 3: log p(x) against samples, 1000 and 50000 training images
 	$(BIN)/aevb-train -m experiment=fig3_mnist hydra.sweep.dir=$(SWEEPS)/fig3_mnist $(KNOBS) $(ARGS)
 	$(BIN)/aevb-figures fig3 $(SWEEPS)/fig3_mnist --out $(FIGURES)
 
-fig4: install
+fig4: install  ## Figure 4: N_z = 2 runs on MNIST and Frey Face, then the learned manifolds
 	$(BIN)/aevb-train -m experiment=fig45_mnist model.latent_dim=2 hydra.sweep.dir=$(SWEEPS)/fig4_mnist $(KNOBS) $(ARGS)
 	$(BIN)/aevb-train experiment=fig4_frey hydra.run.dir=$(SWEEPS)/fig4_frey $(filter-out hydra/launcher=%,$(KNOBS)) $(ARGS)
 	$(MAKE) --no-print-directory fig4-figures
 
-fig5: install
+fig5: install  ## Figure 5: N_z in {2, 5, 10, 20} on MNIST, then samples and reconstructions
 	$(BIN)/aevb-train -m experiment=fig45_mnist hydra.sweep.dir=$(SWEEPS)/fig5_mnist $(KNOBS) $(ARGS)
 	$(MAKE) --no-print-directory fig5-figures
 
 # --- figures only, from runs that exist -----------------------------------------------------
-fig4-figures:
+fig4-figures:  ## Figure 4 from existing runs, no training
 	mkdir -p $(FIGURES)
 	$(BIN)/aevb-figures manifold $(SWEEPS)/fig4_mnist/0 --out $(FIGURES)/fig4_mnist_manifold.png
 	$(BIN)/aevb-figures manifold $(SWEEPS)/fig4_frey --out $(FIGURES)/fig4_frey_manifold.png
 
-fig5-figures:
+fig5-figures:  ## Figure 5 from existing runs, no training
 	mkdir -p $(FIGURES)
 	$(BIN)/aevb-figures fig5 $(sort $(wildcard $(SWEEPS)/fig5_mnist/[0-9]*)) --out $(FIGURES)/fig5_mnist.png
 	$(BIN)/aevb-figures reconstructions $(SWEEPS)/fig5_mnist/3 --out $(FIGURES)/reconstructions_mnist.png
 
-figures: install
+figures: install  ## every figure from existing runs, no training
 	@for s in fig2_mnist fig2_frey; do \
 	  if [ -d $(SWEEPS)/$$s ]; then $(BIN)/aevb-figures fig2 $(SWEEPS)/$$s --out $(FIGURES) || exit 1; \
 	  else echo "skip $$s: no runs in $(SWEEPS)/$$s"; fi; done
@@ -83,5 +87,5 @@ figures: install
 	@if [ -d $(SWEEPS)/fig5_mnist ]; then $(MAKE) --no-print-directory fig5-figures; \
 	  else echo "skip fig5: no runs in $(SWEEPS)/fig5_mnist"; fi
 
-clean:
+clean:  ## remove logs/ and the pytest cache
 	rm -rf logs .pytest_cache
