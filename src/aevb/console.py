@@ -129,6 +129,10 @@ class ProgressBar(RichProgressBar):
         self._elbo = None  # show the value the validation line just printed
         super().on_validation_end(trainer, pl_module)
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._elbo = None  # the bar's last state shows the whole epoch's mean
+        super().on_train_epoch_end(trainer, pl_module)
+
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.disable()  # the final evaluation prints its own report
 
