@@ -20,9 +20,13 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export AEVB_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train test test-slow fig2-mnist fig2-frey fig3 fig4 fig5 fig4-figures fig5-figures figures clean
+.PHONY: help install train test test-slow fig2-mnist fig2-frey fig3 fig4 fig5 fig4-figures fig5-figures figures clean
 
-install: $(VENV)/.installed
+.DEFAULT_GOAL := install
+help:  ## list the targets, one line each
+	@awk -F ':.*## ' '/^[a-z0-9-]+:.*## / {printf "  %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: $(VENV)/.installed  ## create .venv and install aevb (editable, with tests and TensorBoard)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,42 +34,42 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-train: install
+train: install  ## train the paper's MNIST model (N_z = 20, 10^6 samples); ARGS="..." for overrides
 	$(BIN)/aevb-train $(ARGS)
 
-test: install
+test: install  ## run the tests (not the slow ones)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
-test-slow: install
+test-slow: install  ## run the slow 10^6-sample fidelity tests
 	$(BIN)/python -m pytest -m slow $(ARGS)
 
 # --- the paper's experiments: each trains its sweep, then draws its figure (scripts/*.sh) ---
 export BIN SWEEPS FIGURES SAMPLES LAUNCHER TRAINER
 
-fig2-mnist: install
+fig2-mnist: install  ## Figure 2, MNIST: AEVB vs wake-sleep sweep, then the figure (SAMPLES=, LAUNCHER=, TRAINER=)
 	scripts/fig2.sh mnist $(ARGS)
 
-fig2-frey: install
+fig2-frey: install  ## Figure 2, Frey Face: AEVB vs wake-sleep sweep, then the figure
 	scripts/fig2.sh frey $(ARGS)
 
-fig3: install
+fig3: install  ## Figure 3: log p(x) against samples, 1000 and 50000 training images
 	scripts/fig3.sh $(ARGS)
 
-fig4: install
+fig4: install  ## Figure 4: N_z = 2 runs on MNIST and Frey Face, then the learned manifolds
 	scripts/fig4.sh $(ARGS)
 
-fig5: install
+fig5: install  ## Figure 5: N_z in {2, 5, 10, 20} on MNIST, then samples and reconstructions
 	scripts/fig5.sh $(ARGS)
 
 # --- figures only, from runs that exist -----------------------------------------------------
-fig4-figures:
+fig4-figures:  ## Figure 4 from existing runs, no training
 	scripts/fig4-figures.sh
 
-fig5-figures:
+fig5-figures:  ## Figure 5 from existing runs, no training
 	scripts/fig5-figures.sh
 
-figures: install
+figures: install  ## every figure from existing runs, no training
 	scripts/figures.sh
 
-clean:
+clean:  ## remove logs/ and the pytest cache
 	rm -rf logs .pytest_cache

@@ -44,7 +44,8 @@ def test_run_directory_holds_config_metrics_checkpoints_and_curve(mnist_run):
     assert "latent_dim: 20" in (run_dir / "config_resolved.yaml").read_text()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
-    assert any(r.get("val/elbo") for r in rows) and any(r.get("test/elbo") for r in rows)
+    assert any(r.get("val/elbo") for r in rows) and any(r.get("final/test/elbo") for r in rows)
+    assert any(r.get("train/elbo_running") for r in rows) and not any(r.get("train/elbo") for r in rows)
     curve = list(csv.DictReader((run_dir / "curve.csv").open()))
     seen = [int(r["samples_seen"]) for r in curve]
     assert seen == [10_000, 30_000]  # the log grid at 2 per decade (10^4, 10^4.5 = 31,623) plus the final point

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -40,6 +41,38 @@ def _upgrade(run_config: dict) -> dict:
         return run_config
     paper = {"likelihood": data.pop("likelihood"), "hidden_dim": data.pop("paper_hidden_dim", None)}
     return {**run_config, "data": data, "paper": paper}
+
+
+def load_as(cls, ckpt_path: str | Path, map_location=None):
+    """The model of ``ckpt_path``, which must be a ``cls`` (the body of ``<Model>.load_from_checkpoint``)."""
+    model, _dm, _cfg = load_model(ckpt_path, map_location=map_location or "cpu")
+    if not isinstance(model, cls):
+        kind = type(model).__name__
+        raise AevbError(f"{ckpt_path} holds a {kind} model, not {cls.__name__}: use {kind}.load_from_checkpoint")
+    return model
+
+
+def best_checkpoint(trainer, final_val_elbo: float) -> str | None:
+    """Make ``best.ckpt`` the model with the highest val ELBO among the validations during fit *and the final
+    model* (its val ELBO from the final evaluation), so every finished run has one, also when no validation
+    ran (a budget under one epoch). Call after last.ckpt holds the final model; returns a line for the report."""
+    import shutil
+
+    cb = trainer.checkpoint_callback
+    if cb is None or cb.dirpath is None or cb.monitor != "val/elbo" or "{" in (cb.filename or "{"):
+        return None
+    best, last = Path(cb.dirpath) / f"{cb.filename}.ckpt", Path(cb.dirpath) / "last.ckpt"
+    score = None if cb.best_model_score is None else float(cb.best_model_score)
+    # the final val ELBO competes only when it covered the same datapoints as the validations during fit
+    comparable = trainer.limit_val_batches == trainer.limit_test_batches
+    better = score is None or (comparable and (final_val_elbo > score if cb.mode == "max" else final_val_elbo < score))
+    if better:
+        tmp = best.with_name(f".{best.name}.tmp")
+        shutil.copyfile(last, tmp)
+        os.replace(tmp, best)  # atomic, like every checkpoint aevb writes
+        how = "the final model" + ("" if score is None else f", better than every validation during fit ({score:.2f})")
+        return f"best.ckpt: {how}, val ELBO {final_val_elbo:.2f} nats per datapoint"
+    return f"best.ckpt: val ELBO {score:.2f} nats per datapoint (a validation during fit); last.ckpt: the final model"
 
 
 def resolve_checkpoint(arg: str | Path) -> Path:

@@ -27,8 +27,8 @@ def final_evaluation(trainer, model, dm) -> dict:
         model.select_eval_split(split)
         res = trainer.test(model, dataloaders=dm.eval_dataloader(split, distributed=True), verbose=False)[0]
         for term in ("elbo", "recon", "kl"):
-            out[f"{prefix}/{term}"] = float(res[f"{prefix}/{term}"])
-        out[f"{prefix}/n_datapoints"] = dm.split_size(split)
+            out[f"{prefix}/{term}"] = float(res[f"final/{prefix}/{term}"])
+        out[f"{prefix}/n_datapoints"] = int(res[f"final/{prefix}/n_datapoints"])  # what the loop saw, all ranks
     model.select_eval_split("test")
     return out
 
@@ -48,16 +48,24 @@ def run(cfg: DictConfig) -> dict:
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
+    from lightning.pytorch.utilities import rank_zero_only
 
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from aevb.building import build  # torch loads here: --help and config errors answer without it
+    from aevb.checkpoints import best_checkpoint
+    from aevb.console import quiet_third_party
+    from aevb.dashboards import finish as finish_dashboards
+    from aevb.dashboards import make_loggers
     from aevb.nets.base import count_parameters
     from aevb.resume import check_resumable
     from aevb.run_control import ContinueLogs, GracefulStop, RunInterrupted, resume_after_requeue, write_status
 
     check_values(cfg)
+    quiet_third_party()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if rank_zero_only.rank == 0:
+        print(f"run folder: {out_dir}", flush=True)
     started = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm, model = build(cfg)
@@ -69,8 +77,7 @@ def run(cfg: DictConfig) -> dict:
           f" decoder {type(model.decoder).__name__} {count_parameters(model.decoder):,}", flush=True)
     (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(model.run_config))  # what checkpoints carry
 
-    loggers = [instantiate(c, **_continue_wandb_run(c, out_dir, ckpt_path))
-               for c in cfg.get("logger", {}).values() if c is not None]
+    loggers = make_loggers(cfg, model.run_config, extra=lambda node: _continue_wandb_run(node, out_dir, ckpt_path))
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
     callbacks += [GracefulStop(), ContinueLogs()]
     _refuse_ddp_in_local_sweep(cfg)
@@ -114,9 +121,11 @@ def run(cfg: DictConfig) -> dict:
         write_json_atomic(out_dir / "summary.json", summary)
         write_status(out_dir, {"status": "finished", "step": int(trainer.global_step),
                                "samples_seen": int(model.samples_seen)})
+        best = best_checkpoint(trainer, summary["val/elbo"])
         print_report(summary)
-        _log_images(loggers, model, dm, summary)
-        _wandb_hint(loggers)
+        if best:
+            print(best, flush=True)
+        finish_dashboards(loggers, model, dm, summary, model.run_config, trainer.global_step)
     return summary
 
 
@@ -162,32 +171,6 @@ def _refuse_ddp_in_local_sweep(cfg: DictConfig) -> None:
                           " hydra.launcher.tasks_per_node=<trainer.devices>; locally, sweep with one device per job")
 
 
-def _log_images(loggers, model, dm, summary: dict) -> None:
-    """Samples, test reconstructions and (N_z = 2) the manifold, as the figures show them, to wandb."""
-    wandb_loggers = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
-    if not wandb_loggers:
-        return
-    from aevb.pictures import manifold_grid, reconstruction_grid, sample_grid
-
-    note = f"{dm.name}, N_z = {summary['latent_dim']}, after {summary['samples_seen']:,} training samples"
-    images = {"samples": (sample_grid(model, 100, seed=0), f"100 samples E[x|z], z ~ N(0, I); {note}"),
-              "reconstructions": (reconstruction_grid(model, dm.splits["test"], 10),
-                                  f"top: test images, bottom: reconstructions; {note}")}
-    if model.encoder.latent_shape == (2,):
-        images["manifold"] = (manifold_grid(model, 20), f"learned 2-D manifold (Figure 4); {note}")
-    for lg in wandb_loggers:
-        for key, (array, caption) in images.items():
-            lg.log_image(key=f"images/{key}", images=[array], caption=[caption])
-
-
-def _wandb_hint(loggers) -> None:
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_offline", False):
-            run_dir = Path(lg.experiment.dir).parent
-            lg.experiment.finish()
-            print(f"wandb: offline run saved in {run_dir}; upload it with `wandb sync {run_dir}`", flush=True)
-
-
 def _is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -223,6 +206,9 @@ def _record_failure(exc: Exception) -> None:
 
 
 def main() -> None:
+    from aevb.console import quiet_third_party
+
+    quiet_third_party()
     register_resolver()
     try:
         preflight(sys.argv[1:])

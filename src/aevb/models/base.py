@@ -12,11 +12,11 @@ from typing import Callable
 import lightning as L
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from aevb.divergence import DivergenceWatch
 from aevb.elbo import ESTIMATORS, ElboTerms, elbo
-from aevb.errors import require
+from aevb.errors import AevbError, require
 from aevb.evaluation import REPORTED_SPLITS
 from aevb.nets.base import INITS, Decoder, Encoder, initialise_
 from aevb.resume import capture_rng, restore_rng
@@ -25,6 +25,14 @@ TERMS = ("elbo", "recon", "kl")
 FINITE_CHECK_EVERY = 100  # training steps between checks that the ELBO is still finite
 # metric sets -> the prefix they log under; "train_eval" is the final pass over a fixed training subset
 SPLITS = {"train": "train", **{split: prefix for prefix, split in REPORTED_SPLITS.items()}}
+
+
+def metric_name(split: str, term: str, final: bool = False) -> str:
+    """The logged name: ``train/<term>_running`` is the running mean over the training batches of an epoch,
+    ``val/<term>`` a validation during fit, ``final/<split>/<term>`` the final evaluation (aevb.train)."""
+    if split == "train":
+        return f"train/{term}_running"
+    return f"{'final/' if final else ''}{SPLITS[split]}/{term}"
 
 
 class VAEModuleBase(L.LightningModule):
@@ -65,6 +73,7 @@ class VAEModuleBase(L.LightningModule):
         self.meters = nn.ModuleDict({f"{s}_{t}": MeanMetric() for s in SPLITS for t in TERMS})
         for meter in self.meters.values():
             meter.persistent(True)  # a resumed run continues the epoch's running means
+        self.counts = nn.ModuleDict({s: SumMetric() for s in SPLITS if s != "train"})  # datapoints really evaluated
         self.samples_seen = 0  # training datapoints evaluated, all ranks together (Figure 2's x-axis)
         self.eval_split = "test"  # which meters test_step feeds; set through select_eval_split
         self.run_config = run_config
@@ -84,14 +93,17 @@ class VAEModuleBase(L.LightningModule):
         params = self.parameters() if params is None else params
         return 0.5 * sum(p.pow(2).sum() for p in params) / self.n_train
 
-    def record(self, split: str, terms: ElboTerms) -> None:
+    def record(self, split: str, terms: ElboTerms, final: bool = False) -> None:
         """Accumulate per-datapoint terms; Lightning computes (and syncs, under DDP) at epoch end."""
         if split == "train":
             self.divergence.update(self.global_step, terms.recon, terms.kl)
         for name in TERMS:
             meter = self.meters[f"{split}_{name}"]
             meter.update(getattr(terms, name).detach())
-            self.log(f"{SPLITS[split]}/{name}", meter, on_step=False, on_epoch=True, batch_size=len(terms.elbo))
+            self.log(metric_name(split, name, final), meter, on_step=False, on_epoch=True, batch_size=len(terms.elbo))
+        if split in self.counts:
+            self.counts[split].update(len(terms.elbo))
+            self.log(metric_name(split, "n_datapoints", final), self.counts[split], on_step=False, on_epoch=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # one host sync every FINITE_CHECK_EVERY steps, not per step (the watch itself lives on the device)
@@ -129,7 +141,7 @@ class VAEModuleBase(L.LightningModule):
         self.eval_split = split
 
     def test_step(self, x: Tensor, batch_idx: int) -> None:
-        self.record(self.eval_split, self.elbo_terms(x))
+        self.record(self.eval_split, self.elbo_terms(x), final=True)
 
     # -- generation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -154,3 +166,14 @@ class VAEModuleBase(L.LightningModule):
         self.samples_seen = int(checkpoint.get("samples_seen", 0))
         if "aevb_rng" in checkpoint and self._trainer is not None:  # resuming a fit, not loading for evaluation
             restore_rng(checkpoint["aevb_rng"])
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
+        """``AEVB.load_from_checkpoint(path)`` on any checkpoint aevb-train writes: the networks are rebuilt from the
+        config stored inside (aevb.checkpoints.load_model), so no other argument is needed. Eval mode."""
+        from aevb.checkpoints import load_as
+
+        if kwargs:
+            raise AevbError(f"{cls.__name__}.load_from_checkpoint takes the checkpoint path and map_location only;"
+                            f" the configuration comes from the checkpoint (got {', '.join(sorted(kwargs))})")
+        return load_as(cls, checkpoint_path, map_location)
