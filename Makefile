@@ -20,7 +20,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export AEVB_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train test test-slow fig2-mnist fig2-frey fig3 fig4 fig5 figures clean
+.PHONY: install train test test-slow bench fig2-mnist fig2-frey fig3 fig4 fig5 figures clean
 
 install: $(VENV)/.installed
 
@@ -85,3 +85,7 @@ figures: install
 
 clean:
 	rm -rf logs .pytest_cache
+
+# --- speed: samples/s and peak memory of aevb's loops against plain loops (scripts/bench.py) ---------------
+bench: install
+	$(BIN)/python scripts/bench.py $(ARGS)

@@ -73,6 +73,7 @@ def run(cfg: DictConfig) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
+    from aevb.fast import enable_fast_path
     from aevb.nets.base import count_parameters
 
     check_values(cfg)
@@ -99,6 +100,7 @@ def run(cfg: DictConfig) -> dict:
         trainer.fit_loop.epoch_loop.max_steps = math.ceil(int(cfg.max_samples) / per_step)
         print(f"budget: {int(cfg.max_samples):,} training samples = {trainer.max_steps:,} steps of {per_step}",
               flush=True)
+    enable_fast_path(cfg.get("fast"), trainer, model, dm)
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     if trainer.checkpoint_callback is not None:
         # ModelCheckpoint saves at validation; the model the summary describes is the one after fit
@@ -115,6 +117,7 @@ def run(cfg: DictConfig) -> dict:
         "global_step": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "wall_time_s": round(time.time() - started, 1),
+        **_device_memory(),
         "train_subset_note": "train/* is the final model on a fixed subset of the training split",
     })
     if trainer.is_global_zero:
@@ -123,6 +126,14 @@ def run(cfg: DictConfig) -> dict:
         _log_images(loggers, model, dm, summary)
         _wandb_hint(loggers)
     return summary
+
+
+def _device_memory() -> dict:
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"peak_device_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
 
 
 def _refuse_ddp_in_local_sweep(cfg: DictConfig) -> None:

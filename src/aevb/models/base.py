@@ -57,6 +57,8 @@ class VAEModuleBase(L.LightningModule):
         self.samples_seen = 0  # training datapoints evaluated, all ranks together (Figure 2's x-axis)
         self.eval_split = "test"  # which meters test_step feeds; see aevb.train.final_evaluation
         self._last_train_elbo: Tensor | None = None
+        self._next_finite_check = FINITE_CHECK_EVERY
+        self.fast_loop = None  # set by aevb.fast.enable_fast_path: training_step then runs chunks of steps
 
     # -- the objective ---------------------------------------------------------------------
     def elbo_terms(self, x: Tensor) -> ElboTerms:
@@ -84,7 +86,9 @@ class VAEModuleBase(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # One host sync every FINITE_CHECK_EVERY steps, not per step: stop a diverged run with a
         # clear message instead of training on and writing NaN into summary.json.
-        if self.global_step % FINITE_CHECK_EVERY == 0 and self._last_train_elbo is not None:
+        # (>=, not ==: a training_step of the fast path may run several steps past the multiple)
+        if self.global_step >= self._next_finite_check and self._last_train_elbo is not None:
+            self._next_finite_check = (self.global_step // FINITE_CHECK_EVERY + 1) * FINITE_CHECK_EVERY
             bad = (~torch.isfinite(self._last_train_elbo)).any().float()
             if self._trainer is not None and self.trainer.world_size > 1:
                 bad = self.trainer.strategy.reduce(bad, reduce_op="sum")  # every rank stops, or none
