@@ -10,12 +10,13 @@ Variants, each in its own process (so its peak memory is its own):
 * ``graph``     (CUDA only) the plain loop with the whole step as one CUDA graph (aevb.fast.step).
 
 Every variant trains the same model on the same objective (aevb's ``training_loss``: -ELBO per
-datapoint + the weight prior) with Adagrad 0.02. A rate is the *marginal* rate between two
-budgets, (b2 - b1) / (t(b2) - t(b1)) with t the whole process's wall time, so start-up, data
-loading, compilation, CUDA-graph capture and aevb's final evaluation cancel. aevb runs with
-``logger=csv callbacks=none trainer.limit_val_batches=0``: the training loop alone, as the plain
-loops. Variants are interleaved (every variant at b1 and b2, then the next repetition) so that
-a change in machine load hits all of them alike. No test asserts a time.
+datapoint + the weight prior) with Adagrad 0.02 for the same budget. Its rate excludes warm-up
+explicitly: the clock starts once ``--warmup`` steps are done (the device synchronised) and stops
+when training ends (synchronised again), so start-up, data loading, compilation, CUDA-graph capture
+and aevb's final evaluation are outside it. aevb runs with ``logger=csv callbacks=none
++trainer.limit_val_batches=0`` (the training loop alone, as the plain loops) plus the
+:class:`StepTimer` callback. Variants are interleaved (every variant, then the next repetition),
+so that a change in machine load hits all of them alike. No test asserts a time.
 """
 
 from __future__ import annotations
@@ -32,7 +33,57 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_FIG2_SAMPLES = 18 * 10**8  # Figure 2: 10 MNIST + 8 Frey Face curves of 10^8 training samples
-AEVB_ARGS = ["logger=csv", "callbacks=none", "trainer.limit_val_batches=0"]
+AEVB_ARGS = ["logger=csv", "callbacks=none", "+trainer.limit_val_batches=0"]
+
+
+# -- timing -------------------------------------------------------------------------------------
+def _sync(device) -> float:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+class Clock:
+    """Samples per second after ``warmup`` steps: start() once they are done, stop() at the end."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.t0, self.step0 = warmup, None, 0
+
+    def tick(self, step: int, device) -> None:
+        if self.t0 is None and step >= self.warmup:
+            self.t0, self.step0 = _sync(device), step
+
+    def result(self, step: int, batch_size: int, device) -> dict:
+        import torch
+
+        t1 = _sync(device)
+        if self.t0 is None:
+            raise SystemExit(f"bench: error: the budget ({step} steps) must exceed --warmup ({self.warmup} steps)")
+        dev = torch.cuda.max_memory_allocated() / 2**20 if str(device).startswith("cuda") else None
+        return {"timed_steps": step - self.step0, "seconds": t1 - self.t0,
+                "samples_per_s": (step - self.step0) * batch_size / (t1 - self.t0), "device_peak_mb": dev}
+
+
+try:
+    import lightning as _L
+
+    class StepTimer(_L.Callback):
+        """Times a Lightning run after its warm-up steps; writes the result as JSON to ``out``."""
+
+        def __init__(self, out: str, warmup_steps: int):
+            self.out, self.clock = out, Clock(warmup_steps)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.clock.tick(trainer.global_step, pl_module.device)
+
+        def on_train_end(self, trainer, pl_module):
+            batch = trainer.datamodule.batch_size if trainer.datamodule is not None else self.batch_size
+            res = self.clock.result(trainer.global_step, batch * trainer.world_size, pl_module.device)
+            Path(self.out).write_text(json.dumps(res))
+except ImportError:  # pragma: no cover
+    pass
 
 
 # -- workers: one training run each, in its own process ------------------------------------------
@@ -54,21 +105,21 @@ def _model(device, batch_size):
     return dm, model.to(device)
 
 
-def worker(variant: str, batch_size: int, samples: int, device: str) -> dict:
+def worker(variant: str, batch_size: int, samples: int, device: str, warmup: int) -> dict:
     import torch
 
     torch.manual_seed(0)
     dm, model = _model(device, batch_size)
     steps = samples // batch_size
     x = dm.splits["train"].to(device)
+    clock = Clock(warmup)
+    if variant == "lightning":
+        return _naive_lightning(model, dm.splits["train"], batch_size, steps, device, warmup)
     if variant == "plain":
         opt = model.configure_optimizers()
-        n_batches = len(x) // batch_size
-        for i in range(steps):
-            if i % n_batches == 0:
-                perm = torch.randperm(len(x), device=device)
-            batch = x[perm[(i % n_batches) * batch_size:(i % n_batches + 1) * batch_size]]
-            loss = model.training_loss(model.elbo_terms(batch))
+
+        def step(rows):
+            loss = model.training_loss(model.elbo_terms(x[rows]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -76,21 +127,18 @@ def worker(variant: str, batch_size: int, samples: int, device: str) -> dict:
         from aevb.fast.step import GraphedStep, Step
 
         step = GraphedStep(Step(model, x, model.configure_optimizers(), binarize=False))
-        n_batches = len(x) // batch_size
-        for i in range(steps):
-            if i % n_batches == 0:
-                perm = torch.randperm(len(x), device=device)
-            step(perm[(i % n_batches) * batch_size:(i % n_batches + 1) * batch_size])
-    elif variant == "lightning":
-        _naive_lightning(model, dm.splits["train"], batch_size, steps, device)
     else:
-        raise SystemExit(f"unknown variant {variant}")
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return {"device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
+        raise SystemExit(f"bench: error: unknown variant {variant}")
+    n_batches = len(x) // batch_size
+    for i in range(steps):
+        clock.tick(i, device)
+        if i % n_batches == 0:
+            perm = torch.randperm(len(x), device=device)
+        step(perm[(i % n_batches) * batch_size:(i % n_batches + 1) * batch_size])
+    return clock.result(steps, batch_size, device)
 
 
-def _naive_lightning(model, images, batch_size, steps, device):
+def _naive_lightning(model, images, batch_size, steps, device, warmup) -> dict:
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -101,18 +149,21 @@ def _naive_lightning(model, images, batch_size, steps, device):
 
         def training_step(self, batch, batch_idx):
             loss = self.m.training_loss(self.m.elbo_terms(batch[0]))
-            self.log("train/loss", loss, on_step=True, prog_bar=False)
+            self.log("train/loss", loss, on_step=True)
             return loss
 
         def configure_optimizers(self):
             return self.m.configure_optimizers()
 
     with tempfile.TemporaryDirectory() as tmp:
+        timer = StepTimer(str(Path(tmp) / "t.json"), warmup)
+        timer.batch_size = batch_size
         trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_steps=steps,
-                            logger=L.pytorch.loggers.CSVLogger(tmp), log_every_n_steps=1,
+                            logger=L.pytorch.loggers.CSVLogger(tmp), log_every_n_steps=1, callbacks=[timer],
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
         loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True, drop_last=True)
         trainer.fit(Naive(), loader)
+        return json.loads(Path(tmp, "t.json").read_text())
 
 
 # -- the orchestrator ---------------------------------------------------------------------------
@@ -131,24 +182,22 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, stdout  # ru_maxrss is in KiB on Linux
 
 
-def command(variant: str, batch: int, samples: int, device: str, run_dir: Path) -> list[str]:
+def command(variant: str, batch: int, samples: int, device: str, run_dir: Path, warmup: int) -> list[str]:
     if variant in ("standard", "fast"):
         exe = Path(sys.executable).with_name("aevb-train")
         return [str(exe), f"max_samples={samples}", f"data.batch_size={batch}", *AEVB_ARGS,
                 f"fast.enabled={'true' if variant == 'fast' else 'false'}",
-                f"trainer={'gpu' if device == 'cuda' else 'cpu'}", f"hydra.run.dir={run_dir}"]
+                f"trainer={'gpu' if device == 'cuda' else 'cpu'}", f"hydra.run.dir={run_dir}",
+                "+callbacks.step_timer._target_=bench.StepTimer", f"+callbacks.step_timer.out={run_dir}/timer.json",
+                f"+callbacks.step_timer.warmup_steps={warmup}"]
     return [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--batch", str(batch),
-            "--worker-samples", str(samples), "--device", device]
+            "--worker-samples", str(samples), "--device", device, "--warmup", str(warmup)]
 
 
-def device_peak(variant: str, stdout: str, run_dir: Path) -> float | None:
+def result_of(variant: str, stdout: str, run_dir: Path) -> dict:
     if variant in ("standard", "fast"):
-        summary = run_dir / "summary.json"
-        return json.loads(summary.read_text()).get("peak_device_memory_mb") if summary.is_file() else None
-    for line in stdout.splitlines():
-        if line.startswith("BENCH "):
-            return json.loads(line[6:])["device_peak_mb"]
-    return None
+        return json.loads((run_dir / "timer.json").read_text())
+    return json.loads(next(ln[6:] for ln in stdout.splitlines() if ln.startswith("BENCH ")))
 
 
 def machine(device: str) -> dict:
@@ -168,31 +217,30 @@ def machine(device: str) -> dict:
 
 def measure(args, env: dict) -> list[dict]:
     variants = args.variants + (["graph"] if args.device == "cuda" and "graph" not in args.variants else [])
-    b1, b2 = args.samples
     runs: dict[tuple, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
             for batch in args.batch_sizes:
+                warmup = max(1, args.warmup_samples // batch)
                 for variant in variants:
-                    for budget in (b1, b2):
-                        run_dir = Path(tmp) / f"{variant}_{batch}_{budget}_{rep}"
-                        wall, rss, out = timed(command(variant, batch, budget, args.device, run_dir), env)
-                        runs.setdefault((variant, batch), []).append(
-                            {"budget": budget, "wall_s": wall, "rss_mb": rss, "device_mb": device_peak(variant, out, run_dir)})
-                        print(f"  rep {rep} batch {batch:>5} {variant:<9} {budget:>9,} samples: {wall:7.1f} s wall,"
-                              f" peak RSS {rss:7.0f} MiB", file=sys.stderr, flush=True)
+                    run_dir = Path(tmp) / f"{variant}_{batch}_{rep}"
+                    cmd = command(variant, batch, args.samples, args.device, run_dir, warmup)
+                    wall, rss, out = timed(cmd, env)
+                    res = {**result_of(variant, out, run_dir), "wall_s": wall, "rss_mb": rss}
+                    runs.setdefault((variant, batch), []).append(res)
+                    print(f"  rep {rep} batch {batch:>5} {variant:<9} {res['samples_per_s']:>9,.0f} samples/s over"
+                          f" {res['timed_steps']} steps after {warmup} warm-up ({wall:.0f} s wall, peak RSS {rss:.0f} MiB)",
+                          file=sys.stderr, flush=True)
     rows = []
     for (variant, batch), results in runs.items():
-        rates = []
-        for rep in range(args.reps):
-            short, long = results[2 * rep], results[2 * rep + 1]
-            rates.append((b2 - b1) / max(long["wall_s"] - short["wall_s"], 1e-9))
-        rows.append({"variant": variant, "batch_size": batch, "samples_per_s": sorted(rates)[len(rates) // 2],
-                     "samples_per_s_all": rates, "peak_rss_mb": max(r["rss_mb"] for r in results),
-                     "peak_device_mb": max((r["device_mb"] or 0) for r in results) or None})
+        rates = sorted(r["samples_per_s"] for r in results)
+        rows.append({"variant": variant, "batch_size": batch, "samples_per_s": rates[len(rates) // 2],
+                     "samples_per_s_all": [r["samples_per_s"] for r in results],
+                     "peak_rss_mb": max(r["rss_mb"] for r in results),
+                     "peak_device_mb": max((r["device_peak_mb"] or 0) for r in results) or None})
     for row in rows:
-        plain = next(r for r in rows if r["variant"] == "plain" and r["batch_size"] == row["batch_size"])
-        row["vs_plain"] = row["samples_per_s"] / plain["samples_per_s"]
+        plain = next((r for r in rows if r["variant"] == "plain" and r["batch_size"] == row["batch_size"]), None)
+        row["vs_plain"] = row["samples_per_s"] / plain["samples_per_s"] if plain else None
     return rows
 
 
@@ -215,13 +263,14 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device: {m['device']}"
              f" (load average {m['load_average_at_start']:.1f} at start). Paper MLP 784-500-20 on MNIST, Adagrad 0.02;"
-             f" marginal rate between {result['samples'][0]:,} and {result['samples'][1]:,} training samples"
-             f" (median of {result['reps']} interleaved repetition(s)).", "",
+             f" {result['samples']:,} training samples per run, timed after the first {result['warmup_samples']:,}"
+             f" (warm-up excluded); median of {result['reps']} interleaved repetition(s); load average"
+             f" {m['load_average_at_end']:.1f} at the end.", "",
              "| loop | batch | samples/s | x plain | peak host RSS (MiB) | peak device memory (MiB) |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in sorted(result["rows"], key=lambda r: (r["batch_size"], list(LABELS).index(r["variant"]))):
         dev = f"{r['peak_device_mb']:.0f}" if r["peak_device_mb"] else "n/a"
-        lines.append(f"| {LABELS[r['variant']]} | {r['batch_size']} | {r['samples_per_s']:,.0f} | {r['vs_plain']:.2f}"
+        lines.append(f"| {LABELS[r['variant']]} | {r['batch_size']} | {r['samples_per_s']:,.0f} | {r['vs_plain'] or 0:.2f}"
                      f" | {r['peak_rss_mb']:.0f} | {dev} |")
     for s in result.get("sweeps", []):
         lines.append(f"\nScaled-down Figure 2 sweep (experiment=fig2_mnist, {s['jobs']} jobs one after another,"
@@ -237,7 +286,8 @@ def markdown(result: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[100, 1000])
-    ap.add_argument("--samples", type=int, nargs=2, default=[100_000, 400_000], metavar=("B1", "B2"))
+    ap.add_argument("--samples", type=int, default=300_000, help="training samples per run")
+    ap.add_argument("--warmup-samples", type=int, default=20_000, help="not timed, at the start of each run")
     ap.add_argument("--variants", nargs="+", default=["plain", "lightning", "standard", "fast"])
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -247,9 +297,10 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--worker-samples", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--warmup", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print("BENCH " + json.dumps(worker(args.worker, args.batch, args.worker_samples, args.device)))
+        print("BENCH " + json.dumps(worker(args.worker, args.batch, args.worker_samples, args.device, args.warmup)))
         return
     import torch
 
@@ -257,15 +308,17 @@ def main() -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update({"WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), str(REPO / "scripts"), env.get("PYTHONPATH")) if p)
     mirror = REPO.parent / "shared" / "data"
     if "AEVB_DATA_MIRROR" not in env and mirror.is_dir():
         env["AEVB_DATA_MIRROR"] = str(mirror)
-    result = {"machine": machine(args.device), "samples": args.samples, "reps": args.reps}
+    result = {"machine": machine(args.device), "samples": args.samples, "warmup_samples": args.warmup_samples,
+              "reps": args.reps}
     result["rows"] = measure(args, env)
     if args.sweep_samples:
         result["sweeps"] = [sweep_wall_time(args, env, True)] + ([sweep_wall_time(args, env, False)] if args.sweep_standard else [])
     fast100 = next((r for r in result["rows"] if r["variant"] == "fast" and r["batch_size"] == 100), None)
-    if fast100:
+    if fast100 and fast100["samples_per_s"] > 0:
         result["projection"] = {"samples": PAPER_FIG2_SAMPLES, "rate": fast100["samples_per_s"],
                                 "hours": PAPER_FIG2_SAMPLES / fast100["samples_per_s"] / 3600}
     result["machine"]["load_average_at_end"] = os.getloadavg()[0]

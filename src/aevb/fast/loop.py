@@ -90,8 +90,9 @@ class FastLoop:
         self.last_chunk = chunk
         base = self.step.step if isinstance(self.step, GraphedStep) else self.step
         base.count(n)
-        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
-        progress.increment_by(n)  # Lightning's global_step: one per optimiser step, as in the standard loop
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        epoch_loop.manual_optimization.optim_step_progress.increment_by(n)  # global_step: one per optimiser step
+        epoch_loop._batches_that_stepped += n - 1  # the loggers' step: Lightning adds the last one after the batch
         self.model.count_samples(n * self.dm.batch_size)
         self._fold_metrics(base.sums, n * self.dm.batch_size)
 

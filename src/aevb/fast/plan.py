@@ -94,8 +94,9 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world: int = 1
 class ResidentBatches:
     """The fast path's training "dataloader": yields Chunks; the images stay on the training device.
 
-    ``len()`` is the number of steps in an epoch, an upper bound on its chunks (Lightning
-    reads it once; the epoch ends when the iterator is exhausted).
+    One pass yields the chunks from the current global step to the end of its epoch of the data
+    (or the budget). ``len()`` is the number of steps in an epoch, an upper bound on its chunks
+    (Lightning reads it once; its epoch ends when the iterator is exhausted).
     """
 
     def __init__(self, loop):
@@ -104,12 +105,22 @@ class ResidentBatches:
     def __len__(self) -> int:
         return self.loop.steps_per_epoch()
 
+    # Resumable: the position in the epoch is the global step, which the checkpoint restores anyway.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def __iter__(self):
         # a generator: nothing runs until the first chunk is asked for (Lightning calls iter() once just to check)
         loop = self.loop
-        trainer = loop.model.trainer
-        epoch, step = trainer.current_epoch, trainer.global_step
-        if step <= epoch * loop.steps_per_epoch():
+        step = loop.model.trainer.global_step
+        per_epoch = loop.steps_per_epoch()
+        # The position in the data is a function of the global step alone: a run resumed from any checkpoint
+        # (Lightning counts a run stopped at its budget as a finished epoch) continues the uninterrupted order.
+        epoch = step // per_epoch
+        if step == epoch * per_epoch:
             # The standard loop's DataLoader draws its base seed from the global generator at the start of
             # every epoch; draw it too, so both paths consume the same random numbers (same noise, same
             # results). Not when resuming mid-epoch: the uninterrupted run drew it at the epoch's start.
