@@ -46,24 +46,30 @@ def _sync(device) -> float:
 
 
 class Clock:
-    """Samples per second after ``warmup`` steps: start() once they are done, stop() at the end."""
+    """Samples per second after ``warmup`` steps: the clock starts once they are done and stops at the end.
+
+    Two clocks: wall time, and the process's CPU time. On a machine shared with other work, CPU time
+    with one thread per process (OMP_NUM_THREADS=1) is what each loop costs, whatever the others do.
+    """
 
     def __init__(self, warmup: int):
         self.warmup, self.t0, self.step0 = warmup, None, 0
 
     def tick(self, step: int, device) -> None:
         if self.t0 is None and step >= self.warmup:
-            self.t0, self.step0 = _sync(device), step
+            self.t0, self.cpu0, self.step0 = _sync(device), time.process_time(), step
 
     def result(self, step: int, batch_size: int, device) -> dict:
         import torch
 
-        t1 = _sync(device)
+        t1, cpu1 = _sync(device), time.process_time()
         if self.t0 is None:
             raise SystemExit(f"bench: error: the budget ({step} steps) must exceed --warmup ({self.warmup} steps)")
         dev = torch.cuda.max_memory_allocated() / 2**20 if str(device).startswith("cuda") else None
-        return {"timed_steps": step - self.step0, "seconds": t1 - self.t0,
-                "samples_per_s": (step - self.step0) * batch_size / (t1 - self.t0), "device_peak_mb": dev}
+        n = (step - self.step0) * batch_size
+        return {"timed_steps": step - self.step0, "seconds": t1 - self.t0, "cpu_seconds": cpu1 - self.cpu0,
+                "samples_per_s": n / (t1 - self.t0), "samples_per_cpu_s": n / (cpu1 - self.cpu0),
+                "threads": torch.get_num_threads(), "device_peak_mb": dev}
 
 
 try:
@@ -211,7 +217,7 @@ def machine(device: str) -> dict:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu (no GPU)",
-            "load_average_at_start": os.getloadavg()[0]}
+            "load_average_at_start": os.getloadavg()[0], "threads": torch.get_num_threads()}
     return info
 
 
@@ -227,6 +233,8 @@ def measure(args, env: dict) -> list[dict]:
                     cmd = command(variant, batch, args.samples, args.device, run_dir, warmup)
                     wall, rss, out = timed(cmd, env)
                     res = {**result_of(variant, out, run_dir), "wall_s": wall, "rss_mb": rss}
+                    if args.clock == "cpu":
+                        res["samples_per_s"] = res["samples_per_cpu_s"]
                     runs.setdefault((variant, batch), []).append(res)
                     print(f"  rep {rep} batch {batch:>5} {variant:<9} {res['samples_per_s']:>9,.0f} samples/s over"
                           f" {res['timed_steps']} steps after {warmup} warm-up ({wall:.0f} s wall, peak RSS {rss:.0f} MiB)",
@@ -264,7 +272,8 @@ def markdown(result: dict) -> str:
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device: {m['device']}"
              f" (load average {m['load_average_at_start']:.1f} at start). Paper MLP 784-500-20 on MNIST, Adagrad 0.02;"
              f" {result['samples']:,} training samples per run, timed after the first {result['warmup_samples']:,}"
-             f" (warm-up excluded); median of {result['reps']} interleaved repetition(s); load average"
+             f" (warm-up excluded); {'samples per CPU-second of the process' if result['clock'] == 'cpu' else 'wall clock'},"
+             f" {m['threads']} thread(s); median of {result['reps']} interleaved repetition(s); load average"
              f" {m['load_average_at_end']:.1f} at the end.", "",
              "| loop | batch | samples/s | x plain | peak host RSS (MiB) | peak device memory (MiB) |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -290,6 +299,8 @@ def main() -> None:
     ap.add_argument("--warmup-samples", type=int, default=20_000, help="not timed, at the start of each run")
     ap.add_argument("--variants", nargs="+", default=["plain", "lightning", "standard", "fast"])
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: samples per CPU-second of each process (use with OMP_NUM_THREADS=1 on a shared machine)")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--sweep-samples", type=int, default=20_000, help="per job of the scaled-down Figure 2; 0 skips it")
     ap.add_argument("--sweep-standard", action="store_true", help="also time the sweep on the standard loop")
@@ -312,8 +323,10 @@ def main() -> None:
     mirror = REPO.parent / "shared" / "data"
     if "AEVB_DATA_MIRROR" not in env and mirror.is_dir():
         env["AEVB_DATA_MIRROR"] = str(mirror)
+    if args.clock == "cpu" and args.device == "cuda":
+        raise SystemExit("bench: error: --clock cpu measures CPU loops; on CUDA use --clock wall")
     result = {"machine": machine(args.device), "samples": args.samples, "warmup_samples": args.warmup_samples,
-              "reps": args.reps}
+              "reps": args.reps, "clock": args.clock}
     result["rows"] = measure(args, env)
     if args.sweep_samples:
         result["sweeps"] = [sweep_wall_time(args, env, True)] + ([sweep_wall_time(args, env, False)] if args.sweep_standard else [])
