@@ -14,13 +14,20 @@ import torch
 from torch import Tensor
 
 
-def supports(optimizer: torch.optim.Optimizer) -> bool:
-    """True when :func:`adagrad_step_` reproduces ``optimizer.step()`` exactly."""
-    if type(optimizer) is not torch.optim.Adagrad:
+def supports(optimizer: torch.optim.Optimizer, now: bool = True) -> bool:
+    """True when :func:`adagrad_step_` reproduces ``optimizer.step()`` exactly (``now=False``: once any
+    accumulate-only warm-up of the optimiser, groups with ``warmup_steps`` / ``warmup_done``, is over)."""
+    if not isinstance(optimizer, torch.optim.Adagrad):
+        return False
+    groups = optimizer.param_groups
+    warmup = all("warmup_steps" in g for g in groups)  # aevb.optim.Adagrad: torch's step once warmed up
+    if type(optimizer).step is not torch.optim.Adagrad.step and not warmup:
+        return False
+    if now and warmup and any(g["warmup_done"] < g["warmup_steps"] for g in groups):
         return False
     return all(g["lr_decay"] == 0 and g["weight_decay"] == 0 and not g.get("maximize", False)
-               and not g.get("differentiable", False) and not isinstance(g["lr"], Tensor)
-               for g in optimizer.param_groups)
+               and not g.get("differentiable", False) and not g.get("fused", False) and not isinstance(g["lr"], Tensor)
+               for g in groups)
 
 
 def adagrad_state(optimizer: torch.optim.Adagrad) -> list[tuple[list[Tensor], list[Tensor], list[Tensor], float, float]]:

@@ -89,7 +89,7 @@ class FastLoop:
         n = chunk.stop - chunk.start
         self.last_chunk = chunk
         base = self.step.step if isinstance(self.step, GraphedStep) else self.step
-        base.count(n)
+        base.count()
         epoch_loop = self.trainer.fit_loop.epoch_loop
         epoch_loop.manual_optimization.optim_step_progress.increment_by(n)  # global_step: one per optimiser step
         epoch_loop._batches_that_stepped += n - 1  # the loggers' step: Lightning adds the last one after the batch

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from aevb.fast.adagrad import adagrad_state, adagrad_step_, supports
+from aevb.fast.adagrad import adagrad_state, adagrad_step_, count_steps_, supports
 
 
 class Step:
@@ -22,10 +22,12 @@ class Step:
         self.binarize, self.world = binarize, world
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.adagrad = adagrad_state(optimizer) if supports(optimizer) else None
+        self.later_adagrad = self.adagrad is None and supports(optimizer, now=False)  # after the optimiser's warm-up
         self.loss_fn = torch.compile(self._loss) if compile else self._loss
         # running sums of the ELBO, reconstruction and KL terms over the steps since the last fold (nats)
         self.sums = torch.zeros(3, device=data.device)
         self.trace: list[Tensor] | None = None  # per-step losses, when a test asks for them
+        self.uncounted = 0  # foreach updates not yet added to the optimiser's step counters (host ints)
 
     def _loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
         terms = self.model.elbo_terms(x)
@@ -47,24 +49,29 @@ class Step:
         return loss
 
     def update(self, grads) -> None:
-        if self.adagrad is None:  # any other optimiser: its own step() on the gradients
+        if self.adagrad is None:  # any other optimiser, or Adagrad's warm-up: its own step() on the gradients
             for p, g in zip(self.params, grads):
                 p.grad = g
             self.optimizer.step()
+            if self.later_adagrad and supports(self.optimizer):
+                self.adagrad, self.later_adagrad = adagrad_state(self.optimizer), False
             return
         grads = dict(zip(self.params, grads))
         for params, sums, _, lr, eps in self.adagrad:
             adagrad_step_(params, [grads[p] for p in params], sums, lr, eps)
+        self.uncounted += 1
 
-    def count(self, n: int) -> None:
-        """Advance Adagrad's host step counters by the n steps just run (optimizer.step() does it otherwise)."""
-        if self.adagrad is not None:
+    def count(self) -> None:
+        """Advance Adagrad's host step counters by the foreach steps since the last call, as optimizer.step() would."""
+        if self.uncounted:
             for _, _, steps, _, _ in self.adagrad:
-                torch._foreach_add_(steps, float(n))
+                count_steps_(steps, self.uncounted)
+            self.uncounted = 0
 
     @property
     def capturable(self) -> bool:
-        return self.adagrad is not None and self.world == 1 and self.trace is None
+        """The step can be one CUDA graph (now, or once the optimiser's warm-up is over)."""
+        return (self.adagrad is not None or self.later_adagrad) and self.world == 1 and self.trace is None
 
 
 def _all_reduce_mean(grads, world: int) -> list[Tensor]:
@@ -91,7 +98,7 @@ class GraphedStep:
         self.rows: Tensor | None = None
 
     def __call__(self, rows: Tensor) -> None:
-        if self.done < self.warmup:
+        if self.done < self.warmup or self.step.adagrad is None:  # (still in the optimiser's warm-up)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -104,17 +111,19 @@ class GraphedStep:
             return
         if self.graph is None:
             self.rows = rows.clone()
-            graph = torch.cuda.CUDAGraph()
+            graph, uncounted = torch.cuda.CUDAGraph(), self.step.uncounted
             try:
                 with torch.cuda.graph(graph):
                     self.step(self.rows)
             except Exception as exc:  # capture records without running: nothing was trained by the failed try
-                self.failed = True
+                self.failed, self.step.uncounted = True, uncounted
                 print(f"fast path: CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:200]}); eager steps",
                       flush=True)
                 self.step(rows)
                 return
             self.graph = graph  # capture records the step without running it: replay runs it
+            self.step.uncounted = uncounted
         else:
             self.rows.copy_(rows)
         self.graph.replay()
+        self.step.uncounted += 1  # the update ran on the device; its Python (the count) did not
