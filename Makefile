@@ -20,7 +20,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export AEVB_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help install train test test-slow fig2-mnist fig2-frey fig3 fig4 fig5 fig4-figures fig5-figures figures clean
+.PHONY: help install train test test-slow bench fig2-mnist fig2-frey fig3 fig4 fig5 fig4-figures fig5-figures figures clean
 
 .DEFAULT_GOAL := install
 help:  ## list the targets, one line each
@@ -73,3 +73,7 @@ figures: install  ## every figure from existing runs, no training
 
 clean:  ## remove logs/ and the pytest cache
 	rm -rf logs .pytest_cache
+
+# --- speed: samples/s and peak memory of aevb's loops against plain loops (scripts/bench.py) ---------------
+bench: install
+	$(BIN)/python scripts/bench.py $(ARGS)

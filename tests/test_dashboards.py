@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import wandb_records
-from test_config import run_cli
+from helpers import run_cli
 
 METHODS = {"aevb": "AEVB", "wake_sleep": "WakeSleep"}
 

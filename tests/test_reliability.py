@@ -131,7 +131,7 @@ def test_divergence_stops_with_one_line_and_leaves_no_nan(mirror, tmp_path):
     proc = run_cli("model/optimizer=adam", "model.optimizer.lr=1000", "max_samples=5000", "logger=csv",
                    "callbacks.progress_bar=null", "trainer.val_check_interval=10", f"hydra.run.dir={tmp_path}",
                    env_extra=_env(mirror))
-    _assert_one_line_error(proc, "training diverged at step", "not finite")
+    _assert_one_line_error(proc, "training diverged by step", "not finite")
     assert not (tmp_path / "summary.json").exists()
     last = tmp_path / "checkpoints" / "last.ckpt"
     if last.exists():  # a checkpoint from before the divergence: finite

@@ -79,6 +79,33 @@ def check_values(cfg: DictConfig) -> None:
     if cfg.get("ckpt_path"):
         require(Path(str(cfg.ckpt_path)).is_file(), f"ckpt_path {cfg.ckpt_path} does not exist")
 
+    check_accelerator(cfg.get("trainer") or {})
+    fast = cfg.get("fast") or {}
+    steps, compile = fast.get("steps_per_call", 1), str(fast.get("compile", "auto")).lower()
+    require(isinstance(steps, int) and not isinstance(steps, bool) and steps > 0,
+            f"fast.steps_per_call must be a positive integer, got {steps}")
+    require(compile in ("auto", "true", "false"), f"fast.compile must be one of auto, true, false, got '{compile}'")
+
+
+def check_accelerator(trainer_cfg) -> None:
+    """trainer=gpu / ddp need as many visible GPUs as trainer.devices asks for (Lightning would raise a traceback)."""
+    if str(trainer_cfg.get("accelerator", "")).lower() not in ("gpu", "cuda"):
+        return
+    import torch
+
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if found == 0 and torch.backends.mps.is_available():
+        found = 1
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        wanted = max(devices, 1)  # -1: all of them, at least one
+    elif isinstance(devices, str):
+        wanted = 1 if devices == "auto" or devices.strip() == "-1" else len([d for d in devices.split(",") if d.strip()])
+    else:  # a list of device indices
+        wanted = len(devices)
+    require(found >= wanted, f"trainer.accelerator=gpu needs {wanted} GPU(s) but {found} {'is' if found == 1 else 'are'}"
+            " visible (torch.cuda.device_count()); use trainer=cpu, or check CUDA_VISIBLE_DEVICES and the driver")
+
 
 def check_output_dir(path: Path, key: str) -> None:
     """The run (or sweep) folder must be creatable and writable; checked without creating anything."""

@@ -51,5 +51,5 @@ class DivergenceWatch:
         """Raise DivergedError if any step so far was non-finite (one host sync)."""
         step, terms = self.state(reduce)
         if step >= 0:
-            raise DivergedError(f"training diverged at step {step}: {TERM_NAMES.get(terms, 'the ELBO is')} not finite"
+            raise DivergedError(f"training diverged by step {step}: {TERM_NAMES.get(terms, 'the ELBO is')} not finite"
                                 f" (found {where}); the last good checkpoint, if any, is checkpoints/last.ckpt; {ADVICE}")

@@ -57,6 +57,7 @@ def run(cfg: DictConfig) -> dict:
     from aevb.console import quiet_third_party
     from aevb.dashboards import finish as finish_dashboards
     from aevb.dashboards import make_loggers
+    from aevb.fast import enable_fast_path
     from aevb.nets.base import count_parameters
     from aevb.resume import check_resumable
     from aevb.run_control import ContinueLogs, GracefulStop, RunInterrupted, resume_after_requeue, write_status
@@ -90,6 +91,7 @@ def run(cfg: DictConfig) -> dict:
         trainer.fit_loop.epoch_loop.max_steps = math.ceil(int(cfg.max_samples) / per_step)
         print(f"budget: {int(cfg.max_samples):,} training samples = {trainer.max_steps:,} steps of {per_step}",
               flush=True)
+    enable_fast_path(cfg.get("fast"), trainer, model, dm)
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     except RunInterrupted as stop:
@@ -115,6 +117,7 @@ def run(cfg: DictConfig) -> dict:
         "wall_time_s": round(time.time() - started, 1),
         "device": str(trainer.strategy.root_device),  # cuda:0 is the first of cuda_visible_devices
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # null: not set, every GPU visible
+        **_device_memory(),
         "train_subset_note": "train/* is the final model on a fixed subset of the training split",
     })
     if trainer.is_global_zero:
@@ -159,6 +162,14 @@ def _report_interrupted(out_dir: Path, trainer) -> None:
         print(f"{PROG}: interrupted by {status['signal']} at step {status['step']:,}"
               f" ({status['samples_seen']:,} training samples); checkpoint saved{requeued}."
               f" Resume with: {status['resume']}", file=sys.stderr, flush=True)
+
+
+def _device_memory() -> dict:
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"peak_device_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
 
 
 def _refuse_ddp_in_local_sweep(cfg: DictConfig) -> None:

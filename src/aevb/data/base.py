@@ -48,10 +48,14 @@ class EpochShuffle(Sampler):
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self):
+    def order(self) -> Tensor:
+        """This epoch's permutation of range(n) (the fast path indexes device-resident images with it)."""
         gen = torch.Generator().manual_seed(derived_seed(self.seed, int(self.epoch())))
+        return torch.randperm(self.n, generator=gen)
+
+    def __iter__(self):
         # a run resumed mid-epoch continues this epoch's order where the checkpoint left it
-        return iter(torch.randperm(self.n, generator=gen)[self.skip():].tolist())
+        return iter(self.order()[self.skip():].tolist())
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -90,6 +94,7 @@ class ImageDataModule(L.LightningDataModule):
         self.seed = seed  # of the training order (see EpochShuffle)
         self._resume_position: dict | None = None  # where in its epoch a resumed run continues
         self.splits: dict[str, Tensor] = {}
+        self.fast_loop = None  # set by aevb.fast.enable_fast_path
 
     # -- what subclasses provide ------------------------------------------------------------
     def load_splits(self) -> dict[str, Tensor]:
@@ -117,7 +122,8 @@ class ImageDataModule(L.LightningDataModule):
         self.splits = splits
 
     def on_after_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
-        if self.binarize == "dynamic" and self.trainer is not None and self.trainer.training:
+        # (the fast path's batches are Chunks of steps, not images: it resamples each step's images itself)
+        if self.binarize == "dynamic" and isinstance(batch, Tensor) and self.trainer is not None and self.trainer.training:
             return torch.bernoulli(batch)
         return batch
 
@@ -193,6 +199,8 @@ class ImageDataModule(L.LightningDataModule):
             self.batch_size <= self.n_train,
             f"data.batch_size ({self.batch_size}) is larger than the training set ({self.n_train})",
         )
+        if self.fast_loop is not None:  # the fast path (aevb.fast): chunks of steps over device-resident images
+            return self.fast_loop.train_batches()
         return self._loader("train", self.batch_size, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from aevb.elbo import ElboTerms
 from aevb.models.base import VAEModuleBase
 
 
@@ -16,9 +17,14 @@ class AEVB(VAEModuleBase):
         super().__init__(*args, **kwargs)
         self.beta = float(beta)
 
-    def training_step(self, x: Tensor, batch_idx: int) -> Tensor:
+    def training_loss(self, terms: ElboTerms) -> Tensor:
+        return -terms.objective(self.beta).mean() + self.weight_prior_term()
+
+    def training_step(self, x: Tensor, batch_idx: int) -> Tensor | None:
+        if self.fast_loop is not None:  # the fast path (aevb.fast): x is a Chunk of steps, run there
+            return self.fast_loop.training_step(x)
         terms = self.elbo_terms(x)
-        loss = -terms.objective(self.beta).mean() + self.weight_prior_term()
+        loss = self.training_loss(terms)
         self.record("train", terms)
         self.count_samples(x.shape[0])
         return loss

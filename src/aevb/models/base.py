@@ -78,6 +78,8 @@ class VAEModuleBase(L.LightningModule):
         self.eval_split = "test"  # which meters test_step feeds; set through select_eval_split
         self.run_config = run_config
         self.divergence = DivergenceWatch()
+        self._next_finite_check = FINITE_CHECK_EVERY
+        self.fast_loop = None  # set by aevb.fast.enable_fast_path: training_step then runs chunks of steps
 
     # -- the objective ---------------------------------------------------------------------
     def elbo_terms(self, x: Tensor) -> ElboTerms:
@@ -106,8 +108,10 @@ class VAEModuleBase(L.LightningModule):
             self.log(metric_name(split, "n_datapoints", final), self.counts[split], on_step=False, on_epoch=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        # one host sync every FINITE_CHECK_EVERY steps, not per step (the watch itself lives on the device)
-        if self.global_step % FINITE_CHECK_EVERY == 0:
+        # one host sync every FINITE_CHECK_EVERY steps, not per step (the watch itself lives on the device);
+        # >=, not ==: a training_step of the fast path may run several steps past the multiple
+        if self.global_step >= self._next_finite_check:
+            self._next_finite_check = (self.global_step // FINITE_CHECK_EVERY + 1) * FINITE_CHECK_EVERY
             self.check_finite(f"by step {self.global_step}")
 
     def check_finite(self, where: str) -> None:

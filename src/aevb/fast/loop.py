@@ -1,0 +1,146 @@
+"""The fast path inside Lightning: one ``training_step`` runs a Chunk of optimiser steps.
+
+Lightning's per-batch work (hooks, loggers, progress, metric bookkeeping) is paid once
+per chunk, not once per step. Everything the standard loop does between steps still
+happens at the same step, because chunks end exactly there (:mod:`aevb.fast.plan`):
+Lightning's step counter is advanced by the chunk's length, ``samples_seen`` by its
+datapoints, validation is decided in steps (:meth:`FastLoop.should_validate`), and the
+running train metrics and the divergence check are fed from device-side sums once per
+chunk.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from aevb.fast.plan import Chunk, ResidentBatches, StopPoints, epoch_batches
+from aevb.fast.step import GraphedStep, Step
+from aevb.models.base import TERMS, metric_name
+
+
+class FastLoop:
+    def __init__(self, model, dm, steps_per_call: int = 100, compile: str | bool = "auto",
+                 cuda_graph: bool = True, val_check_interval=1.0, val_global: bool = False):
+        self.model, self.dm = model, dm
+        self.steps_per_call = int(steps_per_call)
+        self.compile, self.cuda_graph = compile, bool(cuda_graph)
+        self.val_check_interval, self.val_global = val_check_interval, val_global
+        self.step: Step | GraphedStep | None = None
+        self.data: Tensor | None = None
+        self.batches: Tensor | None = None
+        self.last_chunk: Chunk | None = None
+        self.trace: list[Tensor] | None = None  # per-step losses (tests); forces eager steps
+        self.notes: list[str] = []
+
+    # -- data ------------------------------------------------------------------------------
+    @property
+    def trainer(self):
+        return self.model.trainer
+
+    def train_batches(self) -> ResidentBatches:
+        return ResidentBatches(self)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil((self.dm.n_train // self.dm.batch_size) / self.trainer.world_size)
+
+    def val_every(self) -> int | None:
+        """Steps between validations, or None for once per epoch (at its end)."""
+        v = self.val_check_interval
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if v is None or float(v) >= 1.0:
+            return None
+        return max(1, int(self.steps_per_epoch() * float(v)))
+
+    def stops(self) -> StopPoints:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from aevb.callbacks import ElboCurve
+
+        trainer, model = self.trainer, self.model
+        per_step = self.dm.batch_size * trainer.world_size
+        callbacks = trainer.callbacks
+        return StopPoints(
+            steps_per_epoch=self.steps_per_epoch(), steps_per_call=self.steps_per_call,
+            max_steps=trainer.max_steps, val_every=self.val_every(), val_global=self.val_global,
+            ckpt_every=tuple(c._every_n_train_steps for c in callbacks
+                             if isinstance(c, ModelCheckpoint) and (c._every_n_train_steps or 0) > 0),
+            curves=tuple(c for c in callbacks if isinstance(c, ElboCurve)),
+            samples_per_step=per_step, samples_at_zero=model.samples_seen - trainer.global_step * per_step)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Put the training images on the device (once) and this epoch's batch indices beside them."""
+        device = self.model.device
+        if self.data is None or self.data.device != device:
+            self.data = self.dm.splits["train"].to(device)
+        trainer = self.trainer
+        self.batches = epoch_batches(len(self.data), self.dm.batch_size, self.dm.seed, epoch,
+                                     trainer.world_size, trainer.global_rank).to(device)
+
+    # -- training --------------------------------------------------------------------------
+    def training_step(self, chunk: Chunk) -> None:
+        if self.step is None:
+            self.step = self._make_step()
+        for rows in self.batches[chunk.start:chunk.stop]:
+            self.step(rows)
+        n = chunk.stop - chunk.start
+        self.last_chunk = chunk
+        base = self.step.step if isinstance(self.step, GraphedStep) else self.step
+        base.count()
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        epoch_loop.manual_optimization.optim_step_progress.increment_by(n)  # global_step: one per optimiser step
+        epoch_loop._batches_that_stepped += n - 1  # the loggers' step: Lightning adds the last one after the batch
+        self.model.count_samples(n * self.dm.batch_size)
+        self._fold_metrics(base.sums, n * self.dm.batch_size)
+
+    def _fold_metrics(self, sums: Tensor, n: int) -> None:
+        """Feed the chunk's mean terms to the same meters the standard loop's ``record`` feeds; no host sync."""
+        model = self.model
+        # not finite if any step's term was not: the divergence check (named by the chunk's last step)
+        model.divergence.update(model.global_step, sums[1], sums[2])
+        for i, name in enumerate(TERMS):
+            meter = model.meters[f"train_{name}"]
+            meter.update(sums[i] / n, weight=n)
+            model.log(metric_name("train", name), meter, on_step=False, on_epoch=True, batch_size=n)
+        sums.zero_()
+
+    def _make_step(self):
+        model, trainer = self.model, self.trainer
+        optimizer = model.optimizers()
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        device = model.device
+        compile = self.compile == "true" or self.compile is True or (self.compile == "auto" and device.type == "cuda")
+        step = Step(model, self.data, optimizer, binarize=self.dm.binarize == "dynamic", compile=compile,
+                    world=trainer.world_size)
+        step.trace = self.trace
+        if trainer.world_size > 1:  # the step all-reduces its gradient itself; DDP's reducer would wait for one backward
+            ddp = getattr(trainer.strategy, "model", None)
+            if hasattr(ddp, "require_backward_grad_sync"):
+                ddp.require_backward_grad_sync = False
+        if device.type == "cuda" and self.cuda_graph:
+            if step.capturable:
+                return GraphedStep(step)
+            self._note("no CUDA graph (it needs Adagrad without decay, one device and no trace); eager steps")
+        return step
+
+    def _note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"fast path: {text}", flush=True)
+
+    # -- validation, in steps ------------------------------------------------------------------
+    def should_validate(self, epoch_loop) -> bool:
+        """Lightning's ``_should_check_val_fx`` for chunks: validate after the same steps as the standard loop."""
+        trainer = self.trainer
+        if not epoch_loop._should_check_val_epoch():
+            return False
+        if trainer.should_stop and trainer.fit_loop._can_stop_early:
+            return True
+        chunk = self.last_chunk
+        if chunk is None:  # before the first chunk of a (resumed) run
+            return False
+        every = self.val_every()
+        if every is None:
+            return chunk.stop == self.steps_per_epoch()
+        return (trainer.global_step if self.val_global else chunk.stop) % every == 0

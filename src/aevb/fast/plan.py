@@ -1,0 +1,129 @@
+"""Where the fast path's runs of optimiser steps end, and the device-resident batches they draw.
+
+One Lightning "batch" of the fast path is a :class:`Chunk`: consecutive training steps of
+one epoch. A chunk never steps over a point where something must happen between steps:
+a curve point (the grid of every :class:`~aevb.callbacks.ElboCurve`, reached at the same
+``samples_seen`` as in the standard loop), a validation, a step-interval checkpoint, the
+budget (``max_steps``) or the end of the epoch; and it is at most ``steps_per_call`` long.
+Every stop is a function of the global step alone, so a resumed run cuts the same chunks.
+
+The order of the images is :class:`~aevb.data.base.EpochShuffle`'s, a function of (seed,
+epoch); step s of an epoch on rank r of W uses batch ``(s * W + r) mod n_batches`` of that
+order, which is how Lightning's distributed wrapper deals the standard loop's batches. Both
+paths therefore see the same batches, and a run resumed at global step g continues the
+order the uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from aevb.data.base import EpochShuffle
+
+
+class Chunk(NamedTuple):
+    """Steps ``start .. stop-1`` of ``epoch`` (counted within the epoch), run in one training_step."""
+
+    epoch: int
+    start: int
+    stop: int
+
+
+@dataclass
+class StopPoints:
+    """The steps a chunk must end at; all counts are optimiser steps (one per batch, as in the standard loop)."""
+
+    steps_per_epoch: int
+    steps_per_call: int
+    max_steps: int = -1           # the budget; -1: none
+    val_every: int | None = None  # validate after every val_every steps ...
+    val_global: bool = False      # ... counted over the whole run (check_val_every_n_epoch=None), else within the epoch
+    ckpt_every: tuple[int, ...] = ()  # ModelCheckpoint(every_n_train_steps=...)
+    curves: tuple = ()            # ElboCurve callbacks
+    samples_per_step: int = 1     # batch size x world size
+    samples_at_zero: int = 0      # samples_seen at global step 0 (samples_seen - global_step * samples_per_step)
+
+    def next_stop(self, step: int, epoch_start: int) -> int:
+        """The first global step after ``step`` at which the chunk starting at ``step`` must end."""
+        ends = [epoch_start + self.steps_per_epoch, step + self.steps_per_call]
+        if self.max_steps >= 0 and self.max_steps > step:
+            ends.append(self.max_steps)
+        if self.val_every:
+            base = 0 if self.val_global else epoch_start
+            ends.append(base + ((step - base) // self.val_every + 1) * self.val_every)
+        ends += [(step // n + 1) * n for n in self.ckpt_every]
+        seen = self.samples_at_zero + step * self.samples_per_step
+        for curve in self.curves:  # the step at which samples_seen first reaches the callback's next point
+            point = curve.next_point(seen)
+            ends.append(max(step + 1, math.ceil((point - self.samples_at_zero) / self.samples_per_step)))
+        return min(ends)
+
+    def chunks(self, epoch: int, first_step: int) -> list[Chunk]:
+        """The chunks of ``epoch`` from global step ``first_step`` (its start, or where a resumed run stands)."""
+        epoch_start = epoch * self.steps_per_epoch
+        step, out = max(first_step, epoch_start), []
+        end = epoch_start + self.steps_per_epoch
+        if self.max_steps >= 0:
+            end = min(end, self.max_steps)
+        while step < end:
+            stop = min(self.next_stop(step, epoch_start), end)
+            out.append(Chunk(epoch, step - epoch_start, stop - epoch_start))
+            step = stop
+        return out
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world: int = 1, rank: int = 0) -> Tensor:
+    """(steps_per_epoch, batch_size) image indices this rank uses in ``epoch``, in step order.
+
+    The same batches as ``BatchSampler(EpochShuffle(...), batch_size, drop_last=True)``, dealt as
+    Lightning's DistributedSamplerWrapper deals them (rank r takes batches r, r + W, ..., the
+    last round padded from the start of the epoch).
+    """
+    order = EpochShuffle(n, seed, lambda: epoch).order()
+    n_batches = n // batch_size
+    table = order[: n_batches * batch_size].view(n_batches, batch_size)
+    steps = math.ceil(n_batches / world)
+    return table[(torch.arange(steps) * world + rank) % n_batches]
+
+
+class ResidentBatches:
+    """The fast path's training "dataloader": yields Chunks; the images stay on the training device.
+
+    One pass yields the chunks from the current global step to the end of its epoch of the data
+    (or the budget). ``len()`` is the number of steps in an epoch, an upper bound on its chunks
+    (Lightning reads it once; its epoch ends when the iterator is exhausted).
+    """
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    def __len__(self) -> int:
+        return self.loop.steps_per_epoch()
+
+    # Resumable: the position in the epoch is the global step, which the checkpoint restores anyway.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def __iter__(self):
+        # a generator: nothing runs until the first chunk is asked for (Lightning calls iter() once just to check)
+        loop = self.loop
+        step = loop.model.trainer.global_step
+        per_epoch = loop.steps_per_epoch()
+        # The position in the data is a function of the global step alone: a run resumed from any checkpoint
+        # (Lightning counts a run stopped at its budget as a finished epoch) continues the uninterrupted order.
+        epoch = step // per_epoch
+        if step == epoch * per_epoch:
+            # The standard loop's DataLoader draws its base seed from the global generator at the start of
+            # every epoch; draw it too, so both paths consume the same random numbers (same noise, same
+            # results). Not when resuming mid-epoch: the uninterrupted run drew it at the epoch's start.
+            torch.empty((), dtype=torch.int64).random_()
+        loop.start_epoch(epoch)
+        yield from loop.stops().chunks(epoch, step)

@@ -1,0 +1,129 @@
+"""One optimiser step on device-resident images, with nothing that waits for the device.
+
+The step gathers its batch by index, resamples it under dynamic binarisation, computes
+the model's own ``training_loss`` and its gradient, all-reduces the gradient across DDP
+ranks, applies the optimiser, and adds the batch's ELBO terms to running sums on the
+device. Nothing in it reads a value back to the host, so the host can queue steps ahead
+of the device; on CUDA the whole of it is replayed as one CUDA graph (:class:`GraphedStep`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from aevb.fast.adagrad import adagrad_state, adagrad_step_, count_steps_, supports
+
+
+class Step:
+    def __init__(self, model, data: Tensor, optimizer: torch.optim.Optimizer, binarize: bool,
+                 compile: bool = False, world: int = 1):
+        self.model, self.data, self.optimizer = model, data, optimizer
+        self.binarize, self.world = binarize, world
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.adagrad = adagrad_state(optimizer) if supports(optimizer) else None
+        self.later_adagrad = self.adagrad is None and supports(optimizer, now=False)  # after the optimiser's warm-up
+        self.loss_fn = torch.compile(self._loss) if compile else self._loss
+        # running sums of the ELBO, reconstruction and KL terms over the steps since the last fold (nats)
+        self.sums = torch.zeros(3, device=data.device)
+        self.trace: list[Tensor] | None = None  # per-step losses, when a test asks for them
+        self.uncounted = 0  # foreach updates not yet added to the optimiser's step counters (host ints)
+
+    def _loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        terms = self.model.elbo_terms(x)
+        loss = self.model.training_loss(terms)
+        return loss, torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum()]).detach()
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        x = self.data.index_select(0, rows)
+        if self.binarize:
+            x = torch.bernoulli(x)
+        loss, sums = self.loss_fn(x)
+        grads = torch.autograd.grad(loss, self.params)
+        if self.world > 1:
+            grads = _all_reduce_mean(grads, self.world)
+        self.update(grads)
+        self.sums.add_(sums)
+        if self.trace is not None:
+            self.trace.append(loss.detach())
+        return loss
+
+    def update(self, grads) -> None:
+        if self.adagrad is None:  # any other optimiser, or Adagrad's warm-up: its own step() on the gradients
+            for p, g in zip(self.params, grads):
+                p.grad = g
+            self.optimizer.step()
+            if self.later_adagrad and supports(self.optimizer):
+                self.adagrad, self.later_adagrad = adagrad_state(self.optimizer), False
+            return
+        grads = dict(zip(self.params, grads))
+        for params, sums, _, lr, eps in self.adagrad:
+            adagrad_step_(params, [grads[p] for p in params], sums, lr, eps)
+        self.uncounted += 1
+
+    def count(self) -> None:
+        """Advance Adagrad's host step counters by the foreach steps since the last call, as optimizer.step() would."""
+        if self.uncounted:
+            for _, _, steps, _, _ in self.adagrad:
+                count_steps_(steps, self.uncounted)
+            self.uncounted = 0
+
+    @property
+    def capturable(self) -> bool:
+        """The step can be one CUDA graph (now, or once the optimiser's warm-up is over)."""
+        return (self.adagrad is not None or self.later_adagrad) and self.world == 1 and self.trace is None
+
+
+def _all_reduce_mean(grads, world: int) -> list[Tensor]:
+    """The gradient averaged over the ranks, as DDP's reducer would leave it (one flat all-reduce)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(world)
+    return [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)]
+
+
+class GraphedStep:
+    """The whole step (gather, forward, backward, update, sums) as one CUDA graph.
+
+    The first ``warmup`` steps run eagerly on a side stream (they are real training steps;
+    they also trigger any compilation), the next one is captured and every later one is a
+    replay with the new batch indices copied into the graph's input.
+    """
+
+    def __init__(self, step: Step, warmup: int = 3):
+        self.step, self.warmup, self.done, self.failed = step, warmup, 0, False
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.rows: Tensor | None = None
+
+    def __call__(self, rows: Tensor) -> None:
+        if self.done < self.warmup or self.step.adagrad is None:  # (still in the optimiser's warm-up)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.step(rows)
+            torch.cuda.current_stream().wait_stream(side)
+            self.done += 1
+            return
+        if self.failed:
+            self.step(rows)
+            return
+        if self.graph is None:
+            self.rows = rows.clone()
+            graph, uncounted = torch.cuda.CUDAGraph(), self.step.uncounted
+            try:
+                with torch.cuda.graph(graph):
+                    self.step(self.rows)
+            except Exception as exc:  # capture records without running: nothing was trained by the failed try
+                self.failed, self.step.uncounted = True, uncounted
+                print(f"fast path: CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:200]}); eager steps",
+                      flush=True)
+                self.step(rows)
+                return
+            self.graph = graph  # capture records the step without running it: replay runs it
+            self.step.uncounted = uncounted
+        else:
+            self.rows.copy_(rows)
+        self.graph.replay()
+        self.step.uncounted += 1  # the update ran on the device; its Python (the count) did not
