@@ -100,7 +100,7 @@ def _fit(fast: bool, steps: int, overrides=(), ckpt_path=None, rng_state=None):
     import lightning as L
 
     from aevb.fast import enable_fast_path
-    from aevb.train import build
+    from aevb.building import build
 
     cfg = compose(["logger=csv", "callbacks=none", "fast.steps_per_call=64", *overrides])
     L.seed_everything(0, verbose=False)
@@ -152,7 +152,7 @@ def test_wake_sleep_keeps_the_standard_loop_with_a_note(mirror, capsys):
     import lightning as L
 
     from aevb.fast import enable_fast_path
-    from aevb.train import build
+    from aevb.building import build
 
     cfg = compose(["model=wake_sleep", "data=frey_face", f"data.mirror={mirror}", "logger=csv", "callbacks=none"])
     dm, model = build(cfg)

@@ -119,11 +119,8 @@ class ResidentBatches:
         per_epoch = loop.steps_per_epoch()
         # The position in the data is a function of the global step alone: a run resumed from any checkpoint
         # (Lightning counts a run stopped at its budget as a finished epoch) continues the uninterrupted order.
+        # (the standard loop's DataLoader has its own generator, so neither path draws from the global
+        # stream here: both consume the same random numbers, whether a run starts, resumes or not)
         epoch = step // per_epoch
-        if step == epoch * per_epoch:
-            # The standard loop's DataLoader draws its base seed from the global generator at the start of
-            # every epoch; draw it too, so both paths consume the same random numbers (same noise, same
-            # results). Not when resuming mid-epoch: the uninterrupted run drew it at the epoch's start.
-            torch.empty((), dtype=torch.int64).random_()
         loop.start_epoch(epoch)
         yield from loop.stops().chunks(epoch, step)
