@@ -20,7 +20,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export AEVB_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: install train test test-slow fig2-mnist fig2-frey fig3 fig4 fig5 figures clean
+.PHONY: install train test test-slow test-slurm slurm-up slurm-down fig2-mnist fig2-frey fig3 fig4 fig5 figures clean
 
 install: $(VENV)/.installed
 
@@ -38,6 +38,14 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(ARGS)
+
+# --- a single-node SLURM on this Debian machine (root): README "Running on a SLURM cluster" ----
+slurm-up:
+	bash scripts/slurm_up.sh
+slurm-down:
+	bash scripts/slurm_down.sh
+test-slurm: install
+	AEVB_SLURM_TESTS=1 $(BIN)/python -m pytest tests/test_slurm.py -rs $(ARGS)
 
 # --- the paper's experiments: each trains its sweep, then draws its figure -----------------
 fig2-mnist: install
