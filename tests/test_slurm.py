@@ -69,9 +69,11 @@ def _sweep(mirror, sweep: Path, *args: str) -> subprocess.CompletedProcess:
     return run_cli("-m", *CPU_JOBS, *args, f"hydra.sweep.dir={sweep}", env_extra=_env(mirror), timeout=900)
 
 
-def _job_log(sweep: Path, num: int, stream: str) -> str:
-    """What a job's processes printed (all SLURM attempts: submitit appends), task 0."""
-    logs = sorted((sweep / ".submitit").glob(f"*_{num}/*_{num}_0_log.{stream}"))
+def _job_log(sweep: Path, num: int, stream: str, task: int = 0) -> str:
+    """What one task of a job printed (all SLURM attempts: submitit appends). A sweep of one job is not an array."""
+    logs = sorted((sweep / ".submitit").glob(f"*_{num}/*_{num}_{task}_log.{stream}"))
+    if not logs and num == 0:
+        logs = sorted((sweep / ".submitit").glob(f"*/*_{task}_log.{stream}"))
     assert len(logs) == 1, logs
     return logs[0].read_text()
 
@@ -99,6 +101,41 @@ def test_a_sweep_runs_as_a_slurm_job_array_and_names_its_failed_jobs(slurm, mirr
     assert "2 sweep job(s) failed: 1, 3" in proc.stderr and "Traceback" not in proc.stderr
 
 
+# One process with batch 200 and DDP's 2 ranks x 100 take the same 50 steps of 200 datapoints (DDP averages
+# the ranks' gradients); they differ only in which datapoints and noise each step draws. After 10^4 MNIST
+# samples (N_z = 5), test ELBOs measured here on this cluster: one process, seeds 0-3: -207.3, -211.2, -219.3,
+# -208.3; DDP, seeds 0-2: -213.3, -211.4, -210.1 (means -211.5 and -211.6). Seeds alone spread 12 nats.
+DDP_TOLERANCE = 20.0  # nats per datapoint, test ELBO on the 10,000 MNIST test images
+DDP_RUN = ("data=mnist", "data.val_size=1000", "data.train_eval_size=1000", "model.latent_dim=5",
+           "max_samples=10000", "logger=csv", "callbacks.progress_bar=null", "hydra.launcher.mem_gb=2")
+
+
+def _popen_sweep(mirror, sweep: Path, *args: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **_env(mirror)})
+    cmd = [str(Path(sys.executable).with_name("aevb-train")), "-m", *CPU_JOBS, *args, f"hydra.sweep.dir={sweep}"]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_ddp_on_two_slurm_tasks_matches_one_process(slurm, mirror, tmp_path):
+    ddp = _popen_sweep(mirror, tmp_path / "ddp", *DDP_RUN, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    one = _popen_sweep(mirror, tmp_path / "one", *DDP_RUN, "data.batch_size=200")
+    for proc in (ddp, one):
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+    script = next((tmp_path / "ddp" / ".submitit").glob("*/*_submission.sh")).read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script  # tasks_per_node follows trainer.devices
+    # both ranks are SLURM tasks of one job, each with its own log; rank 0 reports the world size
+    assert "global_rank=1(2)" in _job_log(tmp_path / "ddp", 0, "out", task=1)
+    assert "budget: 10,000 training samples = 50 steps of 200" in _job_log(tmp_path / "ddp", 0, "out")
+    ddp_summary = json.loads((tmp_path / "ddp" / "0" / "summary.json").read_text())
+    one_summary = json.loads((tmp_path / "one" / "0" / "summary.json").read_text())
+    assert ddp_summary["samples_seen"] == one_summary["samples_seen"] == 10000
+    assert ddp_summary["global_step"] == one_summary["global_step"] == 50
+    assert ddp_summary["test/n_datapoints"] == one_summary["test/n_datapoints"] == 10000
+    assert abs(ddp_summary["test/elbo"] - one_summary["test/elbo"]) < DDP_TOLERANCE, (ddp_summary, one_summary)
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 400) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -116,16 +153,12 @@ def interrupted_sweep(slurm, mirror, tmp_path_factory):
     batch shell); job 2 held at step 31 and requeued by `scontrol requeue` (SLURM sends SIGTERM, then
     starts the job again)."""
     sweep = tmp_path_factory.mktemp("preempt") / "sweep"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update({"WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **_env(mirror)})
-    cmd = [str(Path(sys.executable).with_name("aevb-train")), "-m", *CPU_JOBS, *RESUMABLE,
-           "+callbacks.pause._target_=slurm_callbacks.PauseAt", "+callbacks.pause.step=null,23,31",
-           f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _popen_sweep(mirror, sweep, *RESUMABLE, "+callbacks.pause._target_=slurm_callbacks.PauseAt",
+                        "+callbacks.pause.step=null,23,31")
     try:
         jobs = {}
         for num, send in ((1, ["scancel", "--signal=USR1"]), (2, ["scontrol", "requeue"])):
-            jobs[num] = _wait_for(sweep / str(num) / "paused.json", proc)["slurm_job_id"]
+            jobs[num] = _wait_for(sweep / str(num) / "paused.json", proc)["slurm_job"]
             subprocess.run([*send, jobs[num]], check=True, capture_output=True, timeout=60)
         out, err = proc.communicate(timeout=600)
     finally:
