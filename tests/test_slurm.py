@@ -146,54 +146,86 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 400) -> dict:
     raise AssertionError(f"{path} did not appear within {timeout} s")
 
 
+# SLURM's own time-limit signal: --signal=USR1@90 on a 3-minute job comes 60 to 90 s after the start
+# (slurmctld looks every 30 s), when the job, held at step 23, is training. A requeued attempt gets a new
+# limit and may be signalled again (on a busy machine): it then resumes from that later step as well.
+TIME_LIMIT = ("hydra.launcher.timeout_min=3", "hydra.launcher.signal_delay_s=90")
+PAUSE = "+callbacks.pause._target_=slurm_callbacks.PauseAt"
+
+
 @pytest.fixture(scope="module")
 def interrupted_sweep(slurm, mirror, tmp_path_factory):
-    """Three array jobs of the same deterministic run: job 0 uninterrupted; job 1 held at step 23 and sent
-    SIGUSR1 the way SLURM sends it before the time limit (`scancel --signal=USR1`: the job's steps, not its
-    batch shell); job 2 held at step 31 and requeued by `scontrol requeue` (SLURM sends SIGTERM, then
-    starts the job again)."""
-    sweep = tmp_path_factory.mktemp("preempt") / "sweep"
-    proc = _popen_sweep(mirror, sweep, *RESUMABLE, "+callbacks.pause._target_=slurm_callbacks.PauseAt",
-                        "+callbacks.pause.step=null,23,31")
+    """Four jobs of the same deterministic run, two sweeps submitted at once. Sweep ``main``: job 0
+    uninterrupted; job 1 held at step 23 and sent SIGUSR1 as SLURM sends it for pre-emption warnings and time
+    limits (``scancel --signal=USR1``: the job's steps, not its batch shell); job 2 held at step 31 and
+    requeued by ``scontrol requeue`` (SLURM sends SIGTERM, then starts the job again). Sweep ``limit``: one
+    job with a 3-minute limit, held at step 23 until SLURM's time-limit signal comes."""
+    root = tmp_path_factory.mktemp("preempt")
+    main = _popen_sweep(mirror, root / "main", *RESUMABLE, PAUSE, "+callbacks.pause.step=null,23,31")
+    limit = _popen_sweep(mirror, root / "limit", *RESUMABLE, PAUSE, "+callbacks.pause.step=23", *TIME_LIMIT)
+    outputs, jobs = {}, {}
     try:
-        jobs = {}
         for num, send in ((1, ["scancel", "--signal=USR1"]), (2, ["scontrol", "requeue"])):
-            jobs[num] = _wait_for(sweep / str(num) / "paused.json", proc)["slurm_job"]
+            jobs[num] = _wait_for(root / "main" / str(num) / "paused.json", main)["slurm_job"]
             subprocess.run([*send, jobs[num]], check=True, capture_output=True, timeout=60)
-        out, err = proc.communicate(timeout=600)
+        for name, proc in (("main", main), ("limit", limit)):
+            out, err = proc.communicate(timeout=600)
+            outputs[name] = (proc.returncode, out + err)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=60)
-    return sweep, proc.returncode, out + err, jobs
+        for proc in (main, limit):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.communicate(timeout=60)
+    return root, outputs, jobs
 
 
 def _slurm_job(job_id: str) -> str:
     return subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
 
 
-def _assert_resumed_from(sweep: Path, num: int, step: int) -> None:
-    attempts = [json.loads(ln) for ln in (sweep / str(num) / "attempts.jsonl").read_text().splitlines()]
+def _assert_resumed_from(root: Path, sweep: str, num: int, step: int, reruns_ok: bool = False) -> None:
+    run_dir = root / sweep / str(num)
+    attempts = [(a["restart_count"], a["start_step"]) for a in map(json.loads, (run_dir / "attempts.jsonl").open())]
     # the requeued attempt started training at the interrupted step: from the checkpoint, not afresh
-    assert [(a["restart_count"], a["start_step"]) for a in attempts] == [(0, 0), (1, step)]
-    assert f"resuming from {sweep.resolve() / str(num) / 'checkpoints' / 'last.ckpt'}" in _job_log(sweep, num, "out")
-    assert json.loads((sweep / str(num) / "status.json").read_text())["status"] == "finished"
-    assert _final(sweep / str(num)) == _final(sweep / "0")  # exactly the uninterrupted job's result
+    assert attempts[:2] == [(0, 0), (1, step)] and (len(attempts) == 2 or reruns_ok), attempts
+    assert all(b[1] > a[1] for a, b in zip(attempts, attempts[1:])), attempts  # never back to an earlier step
+    assert f"resuming from {run_dir.resolve() / 'checkpoints' / 'last.ckpt'}" in _job_log(root / sweep, num, "out")
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+    assert _final(run_dir) == _final(root / "main" / "0")  # exactly the uninterrupted job's result
+    slurm_record = _slurm_job(_job_id(run_dir))  # SLURM's own account of the job: requeued, then completed
+    assert f"Restarts={len(attempts) - 1}" in slurm_record and "JobState=COMPLETED" in slurm_record
+
+
+def _job_id(run_dir: Path) -> str:
+    return json.loads((run_dir / "attempts.jsonl").open().readline())["slurm_job"]
+
+
+def test_the_sweeps_with_interrupted_jobs_finish_with_every_job(interrupted_sweep):
+    root, outputs, _ = interrupted_sweep
+    for name, jobs in (("main", 3), ("limit", 1)):
+        returncode, output = outputs[name]
+        assert returncode == 0, output[-3000:]
+        assert f"{jobs} of {jobs} jobs finished" in output
+    assert len((root / "main" / "0" / "attempts.jsonl").read_text().splitlines()) == 1  # never interrupted
+
+
+def test_slurm_preemption_signal_checkpoints_requeues_and_resumes_to_the_uninterrupted_result(interrupted_sweep):
+    root, _, jobs = interrupted_sweep
+    log = _job_log(root / "main", 1, "err")
+    assert "interrupted by SIGUSR1 at step 23" in log and f"SLURM job {jobs[1]} requeued" in log
+    assert "Traceback" not in log
+    _assert_resumed_from(root, "main", 1, 23)
 
 
 def test_slurm_time_limit_signal_checkpoints_requeues_and_resumes_to_the_uninterrupted_result(interrupted_sweep):
-    sweep, returncode, output, jobs = interrupted_sweep
-    assert returncode == 0, output[-3000:]
-    assert "3 of 3 jobs finished" in output
-    log = _job_log(sweep, 1, "err")
-    assert "interrupted by SIGUSR1 at step 23" in log and "requeued" in log and "Traceback" not in log
-    assert "Restarts=1" in _slurm_job(jobs[1]) and "JobState=COMPLETED" in _slurm_job(jobs[1])
-    _assert_resumed_from(sweep, 1, 23)
+    root, _, _ = interrupted_sweep
+    script = next((root / "limit" / ".submitit").glob("*/*_submission.sh")).read_text()
+    assert "#SBATCH --signal=USR1@90" in script and "#SBATCH --time=3" in script
+    assert "interrupted by SIGUSR1 at step 23" in _job_log(root / "limit", 0, "err")
+    _assert_resumed_from(root, "limit", 0, 23, reruns_ok=True)
 
 
 def test_scontrol_requeue_of_a_running_job_resumes_from_its_interrupted_checkpoint(interrupted_sweep):
-    sweep, returncode, output, jobs = interrupted_sweep
-    assert returncode == 0, output[-3000:]
-    assert "interrupted by SIGTERM at step 31" in _job_log(sweep, 2, "err")
-    assert "Restarts=1" in _slurm_job(jobs[2]) and "JobState=COMPLETED" in _slurm_job(jobs[2])
-    _assert_resumed_from(sweep, 2, 31)
+    root, _, _ = interrupted_sweep
+    assert "interrupted by SIGTERM at step 31" in _job_log(root / "main", 2, "err")
+    _assert_resumed_from(root, "main", 2, 31)
