@@ -146,10 +146,10 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 400) -> dict:
     raise AssertionError(f"{path} did not appear within {timeout} s")
 
 
-# SLURM's own time-limit signal: --signal=USR1@90 on a 3-minute job comes 60 to 90 s after the start
-# (slurmctld looks every 30 s), when the job, held at step 23, is training. A requeued attempt gets a new
-# limit and may be signalled again (on a busy machine): it then resumes from that later step as well.
-TIME_LIMIT = ("hydra.launcher.timeout_min=3", "hydra.launcher.signal_delay_s=90")
+# SLURM's own time-limit signal: --signal=USR1@120 on a 4-minute job is due 120 s after the start and comes
+# up to 60 s early (sbatch's manual), so when the job, held at step 23, is training. A requeued attempt gets
+# a new limit and may be signalled again (on a busy machine): it then resumes from that later step as well.
+TIME_LIMIT = ("hydra.launcher.timeout_min=4", "hydra.launcher.signal_delay_s=120")
 PAUSE = "+callbacks.pause._target_=slurm_callbacks.PauseAt"
 
 
@@ -159,7 +159,7 @@ def interrupted_sweep(slurm, mirror, tmp_path_factory):
     uninterrupted; job 1 held at step 23 and sent SIGUSR1 as SLURM sends it for pre-emption warnings and time
     limits (``scancel --signal=USR1``: the job's steps, not its batch shell); job 2 held at step 31 and
     requeued by ``scontrol requeue`` (SLURM sends SIGTERM, then starts the job again). Sweep ``limit``: one
-    job with a 3-minute limit, held at step 23 until SLURM's time-limit signal comes."""
+    job with a 4-minute limit, held at step 23 until SLURM's time-limit signal comes."""
     root = tmp_path_factory.mktemp("preempt")
     main = _popen_sweep(mirror, root / "main", *RESUMABLE, PAUSE, "+callbacks.pause.step=null,23,31")
     limit = _popen_sweep(mirror, root / "limit", *RESUMABLE, PAUSE, "+callbacks.pause.step=23", *TIME_LIMIT)
@@ -220,7 +220,7 @@ def test_slurm_preemption_signal_checkpoints_requeues_and_resumes_to_the_uninter
 def test_slurm_time_limit_signal_checkpoints_requeues_and_resumes_to_the_uninterrupted_result(interrupted_sweep):
     root, _, _ = interrupted_sweep
     script = next((root / "limit" / ".submitit").glob("*/*_submission.sh")).read_text()
-    assert "#SBATCH --signal=USR1@90" in script and "#SBATCH --time=3" in script
+    assert "#SBATCH --signal=USR1@120" in script and "#SBATCH --time=4" in script
     assert "interrupted by SIGUSR1 at step 23" in _job_log(root / "limit", 0, "err")
     _assert_resumed_from(root, "limit", 0, 23, reruns_ok=True)
 
