@@ -229,3 +229,27 @@ def test_scontrol_requeue_of_a_running_job_resumes_from_its_interrupted_checkpoi
     root, _, _ = interrupted_sweep
     assert "interrupted by SIGTERM at step 31" in _job_log(root / "main", 2, "err")
     _assert_resumed_from(root, "main", 2, 31)
+
+
+def test_a_preempted_ddp_job_checkpoints_on_both_ranks_requeues_and_finishes(slurm, mirror, tmp_path):
+    """Both SLURM tasks (ranks) get the signal and stop at the same step; rank 0 requeues. Resumed mid-epoch,
+    DDP replays that epoch from its start (README "When things go wrong"), so the count is exact, the ELBO not."""
+    sweep = tmp_path / "sweep"
+    proc = _popen_sweep(mirror, sweep, *RESUMABLE, "max_samples=6000", "trainer=ddp", "trainer.accelerator=cpu",
+                        "trainer.devices=2", PAUSE, "+callbacks.pause.step=10")
+    try:
+        job = _wait_for(sweep / "0" / "paused.json", proc)["slurm_job"]
+        subprocess.run(["scancel", "--signal=USR1", job], check=True, capture_output=True, timeout=60)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-3000:]
+    assert "interrupted by SIGUSR1 at step 10" in _job_log(sweep, 0, "err") and "requeued" in _job_log(sweep, 0, "err")
+    attempts = [(a["restart_count"], a["start_step"]) for a in map(json.loads, (sweep / "0" / "attempts.jsonl").open())]
+    assert attempts == [(0, 0), (1, 10)]
+    for task in (0, 1):  # each rank resumed from the checkpoint
+        assert _job_log(sweep, 0, "out", task=task).count("resuming from") == 1
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary["samples_seen"] == 6000 and summary["global_step"] == 30
