@@ -69,6 +69,14 @@ def _sweep(mirror, sweep: Path, *args: str) -> subprocess.CompletedProcess:
     return run_cli("-m", *CPU_JOBS, *args, f"hydra.sweep.dir={sweep}", env_extra=_env(mirror), timeout=900)
 
 
+def _popen_sweep(mirror, sweep: Path, *args: str) -> subprocess.Popen:
+    """The same, started in the background (the test signals its jobs while it waits)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **_env(mirror)})
+    cmd = [str(Path(sys.executable).with_name("aevb-train")), "-m", *CPU_JOBS, *args, f"hydra.sweep.dir={sweep}"]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _job_log(sweep: Path, num: int, stream: str, task: int = 0) -> str:
     """What one task of a job printed (all SLURM attempts: submitit appends). A sweep of one job is not an array."""
     logs = sorted((sweep / ".submitit").glob(f"*_{num}/*_{num}_{task}_log.{stream}"))
@@ -108,13 +116,6 @@ def test_a_sweep_runs_as_a_slurm_job_array_and_names_its_failed_jobs(slurm, mirr
 DDP_TOLERANCE = 20.0  # nats per datapoint, test ELBO on the 10,000 MNIST test images
 DDP_RUN = ("data=mnist", "data.val_size=1000", "data.train_eval_size=1000", "model.latent_dim=5",
            "max_samples=10000", "logger=csv", "callbacks.progress_bar=null", "hydra.launcher.mem_gb=2")
-
-
-def _popen_sweep(mirror, sweep: Path, *args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update({"WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore", **_env(mirror)})
-    cmd = [str(Path(sys.executable).with_name("aevb-train")), "-m", *CPU_JOBS, *args, f"hydra.sweep.dir={sweep}"]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_ddp_on_two_slurm_tasks_matches_one_process(slurm, mirror, tmp_path):
