@@ -20,7 +20,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export AEVB_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help install train test test-slow bench fig2-mnist fig2-frey fig3 fig4 fig5 fig4-figures fig5-figures figures clean
+.PHONY: help install train test test-slow bench test-slurm slurm-up slurm-down fig2-mnist fig2-frey fig3 fig4 fig5 fig4-figures fig5-figures figures clean
 
 .DEFAULT_GOAL := install
 help:  ## list the targets, one line each
@@ -42,6 +42,14 @@ test: install  ## run the tests (not the slow ones)
 
 test-slow: install  ## run the slow 10^6-sample fidelity tests
 	$(BIN)/python -m pytest -m slow $(ARGS)
+
+# --- a single-node SLURM on this Debian machine (root): README "Running on a SLURM cluster" ----
+slurm-up:  ## install (apt) and start a single-node SLURM, wait until the node is idle
+	bash scripts/slurm_up.sh
+slurm-down:  ## stop that SLURM by its daemons' PIDs
+	bash scripts/slurm_down.sh
+test-slurm: install  ## the tests against a real single-node SLURM (starts it)
+	AEVB_SLURM_TESTS=1 $(BIN)/python -m pytest tests/test_slurm.py -rs $(ARGS)
 
 # --- the paper's experiments: each trains its sweep, then draws its figure (scripts/*.sh) ---
 export BIN SWEEPS FIGURES SAMPLES LAUNCHER TRAINER
@@ -75,5 +83,5 @@ clean:  ## remove logs/ and the pytest cache
 	rm -rf logs .pytest_cache
 
 # --- speed: samples/s and peak memory of aevb's loops against plain loops (scripts/bench.py) ---------------
-bench: install
+bench: install  ## samples/s and peak memory: plain loop, naive Lightning, aevb standard and fast (scripts/bench.py)
 	$(BIN)/python scripts/bench.py $(ARGS)
