@@ -64,12 +64,16 @@ def resume_command(ckpt: Path, run_dir: Path) -> str:
 
 
 def resume_after_requeue(run_dir: Path) -> Path | None:
-    """Under SLURM, a requeued job (SLURM_RESTART_COUNT > 0) resumes from the checkpoint its last attempt saved."""
+    """Under SLURM, a requeued job (SLURM_RESTART_COUNT > 0) resumes from the checkpoint its last attempt saved:
+    the one status.json names after an interruption, else (killed outright) the run's last.ckpt."""
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) < 1:
         return None
     status = read_status(run_dir)
-    ckpt = Path(status.get("checkpoint", ""))
-    return ckpt if status.get("status") == "interrupted" and ckpt.is_file() else None
+    if status.get("status") == "interrupted":
+        ckpt = Path(status.get("checkpoint", ""))
+    else:
+        ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return ckpt if ckpt.is_file() and status.get("status") != "finished" else None
 
 
 def requeue_slurm_job() -> str | None:
