@@ -46,7 +46,7 @@ def test_wandb_images_are_the_figures_pictures_in_uint8(sweep):
     from PIL import Image
 
     from aevb.dashboards import to_uint8
-    from aevb.figures import manifold_grid, reconstruction_grid, sample_grid
+    from aevb.pictures import manifold_grid, reconstruction_grid, sample_grid
     from aevb.models.base import VAEModuleBase
 
     _, jobs, _ = sweep

@@ -113,7 +113,7 @@ def to_uint8(grid):
 
 def pictures(model, dm, summary: dict) -> dict:
     """{name: (uint8 grid, caption)}: the figures' samples, reconstructions and (N_z = 2) manifold."""
-    from aevb.figures import manifold_grid, reconstruction_grid, sample_grid
+    from aevb.pictures import manifold_grid, reconstruction_grid, sample_grid
 
     note = f"{dm.name}, N_z = {summary['latent_dim']}, after {summary['samples_seen']:,} training samples"
     images = {"samples": (sample_grid(model, 100, seed=0), f"100 samples E[x|z], z ~ N(0, I); {note}"),

@@ -83,9 +83,13 @@ class FastLoop:
     def training_step(self, chunk: Chunk) -> None:
         if self.step is None:
             self.step = self._make_step()
+        n = 0
         for rows in self.batches[chunk.start:chunk.stop]:
             self.step(rows)
-        n = chunk.stop - chunk.start
+            n += 1
+            if self.trainer.received_sigterm:  # a stop signal (aevb.run_control): end at this step, not the chunk's
+                chunk = chunk._replace(stop=chunk.start + n)
+                break
         self.last_chunk = chunk
         base = self.step.step if isinstance(self.step, GraphedStep) else self.step
         base.count()
