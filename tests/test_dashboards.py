@@ -176,7 +176,7 @@ def test_tensorboard_one_event_file_scalars_hparams_images_and_true_counts(mirro
     assert [m.name.tag for m in experiment.metric_infos] == ["hp_metric"]
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["model/latent_dim"].number_value == 2 and start.hparams["seed"].number_value == 0
-    assert start.hparams["model/optimizer/_target_"].string_value == "torch.optim.Adagrad"
+    assert start.hparams["model/optimizer/_target_"].string_value == "aevb.optim.Adagrad"
     for key in ("samples", "reconstructions", "manifold"):
         (event,) = acc.Images(f"images/{key}")
         import io
