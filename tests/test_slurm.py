@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from test_config import REPO, run_cli
+from helpers import REPO, run_cli
 
 TESTS = Path(__file__).resolve().parent
 pytestmark = pytest.mark.skipif(os.environ.get("AEVB_SLURM_TESTS") != "1",
