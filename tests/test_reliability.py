@@ -16,22 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_cli
+from helpers import assert_one_line_error, run_cli
 
 TESTS = Path(__file__).resolve().parent
 BASE = ("data=frey_face", "model.latent_dim=5", "max_samples=4500", "logger=csv", "callbacks.progress_bar=null",
         "trainer.deterministic=true", "trainer.val_check_interval=5", "callbacks.elbo_curve.start=1000")
 FINAL = ("train/elbo", "val/elbo", "test/elbo", "samples_seen", "global_step")
-
-
-def _assert_one_line_error(proc, *fragments):
-    """Exit 2, one `aevb-train: error:` line holding every fragment, no traceback (Lightning's INFO lines may stay)."""
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
-    assert len(errors) == 1 and errors[0].startswith("aevb-train: error: "), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def _env(mirror, **extra) -> dict:
@@ -133,7 +123,7 @@ def test_divergence_stops_with_one_line_and_leaves_no_nan(mirror, tmp_path):
     proc = run_cli("model/optimizer=adam", "model.optimizer.lr=1000", "max_samples=5000", "logger=csv",
                    "callbacks.progress_bar=null", "trainer.val_check_interval=10", f"hydra.run.dir={tmp_path}",
                    env_extra=_env(mirror))
-    _assert_one_line_error(proc, "training diverged by step", "not finite")
+    assert_one_line_error(proc, "training diverged by step", "not finite", only_line=False)
     assert not (tmp_path / "summary.json").exists()
     last = tmp_path / "checkpoints" / "last.ckpt"
     if last.exists():  # a checkpoint from before the divergence: finite
@@ -150,7 +140,7 @@ def test_resume_with_another_shape_is_refused_before_touching_the_run(reference,
     shutil.copytree(reference, run_dir)
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     proc = _resume(run_dir, mirror, "model.latent_dim=20")
-    _assert_one_line_error(proc, "does not match the configured model", "encoder")
+    assert_one_line_error(proc, "does not match the configured model", "encoder", only_line=False)
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert after == before
 
@@ -180,7 +170,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(reference, mir
     exe = Path(sys.executable).with_name("aevb-train")
     proc = subprocess.run([str(exe), *BASE, "max_samples=9000", f"hydra.run.dir={run_dir}", f"ckpt_path={last}"],
                           env=env, capture_output=True, text=True, timeout=240, preexec_fn=small_disk)
-    _assert_one_line_error(proc, "could not write checkpoint", "intact")
+    assert_one_line_error(proc, "could not write checkpoint", "intact", only_line=False)
     assert _md5(last) == before
     assert not list(run_dir.rglob(".*.tmp-*"))
 
@@ -195,7 +185,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(reference, mir
 def test_bad_inputs_get_one_line_and_leave_nothing(mirror, tmp_path, override, fragment):
     run_dir = tmp_path / "run"
     proc = run_cli("data=frey_face", "logger=csv", override, f"hydra.run.dir={run_dir}", env_extra=_env(mirror))
-    _assert_one_line_error(proc, fragment)
+    assert_one_line_error(proc, fragment)
     assert not run_dir.exists()
 
 
@@ -203,7 +193,7 @@ def test_an_output_folder_that_cannot_be_created_gets_one_line(mirror, tmp_path)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     proc = run_cli("data=frey_face", "logger=csv", f"hydra.run.dir={blocker / 'run'}", env_extra=_env(mirror))
-    _assert_one_line_error(proc, "cannot be created", "is a file")
+    assert_one_line_error(proc, "cannot be created", "is a file")
 
 
 def test_a_sweep_folder_is_never_reused(mirror, tmp_path):
@@ -214,7 +204,7 @@ def test_a_sweep_folder_is_never_reused(mirror, tmp_path):
     report = (sweep / "results.md").read_text()
     second = run_cli("-m", "data=frey_face", "model.latent_dim=2", "max_samples=200", "logger=csv", "callbacks=none",
                      f"hydra.sweep.dir={sweep}", env_extra=_env(mirror))
-    _assert_one_line_error(second, "already holds a sweep (2 job folders)")
+    assert_one_line_error(second, "already holds a sweep (2 job folders)")
     assert (sweep / "results.md").read_text() == report
 
 
