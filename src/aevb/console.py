@@ -122,7 +122,7 @@ class ProgressBar(RichProgressBar):
                 self._elbo, self._elbo_step = float(meter.mean_value / meter.weight), step  # this rank's batches
         out = {"samples": f"{int(getattr(pl_module, 'samples_seen', 0)):,}"}
         if self._elbo is not None:
-            out["ELBO"] = f"{self._elbo:.1f} nats"
+            out["train ELBO"] = f"{self._elbo:.1f} nats/datapoint (running mean)"
         return out
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
