@@ -59,9 +59,13 @@ def log_standard_normal(z: Tensor, batch_dims: int) -> Tensor:
     return _sum_latent(-0.5 * (LOG_2PI + z**2), batch_dims)
 
 
-def reparameterize(mean: Tensor, logvar: Tensor, n_samples: int) -> Tensor:
-    """z_l = mean + sigma * eps_l, eps_l ~ N(0, I); returns (n_samples, batch, *latent_shape)."""
-    eps = torch.randn((n_samples, *mean.shape), dtype=mean.dtype, device=mean.device)
+def reparameterize(mean: Tensor, logvar: Tensor, n_samples: int, eps: Tensor | None = None) -> Tensor:
+    """z_l = mean + sigma * eps_l, eps_l ~ N(0, I); returns (n_samples, batch, *latent_shape).
+
+    ``eps`` (that shape): noise drawn by the caller (a packed sweep draws each member's from its own stream).
+    """
+    if eps is None:
+        eps = torch.randn((n_samples, *mean.shape), dtype=mean.dtype, device=mean.device)
     return mean + torch.exp(0.5 * logvar) * eps
 
 
@@ -78,16 +82,18 @@ def elbo(
     likelihood: Likelihood,
     n_samples: int = 1,
     estimator: str = "analytic",
+    eps: Tensor | None = None,
 ) -> ElboTerms:
     """SGVB estimate of the ELBO of each datapoint in ``x`` (batch, C, H, W).
 
     ``encode(x)`` returns (mean, logvar) of q(z|x); ``decode(z)`` returns the
-    parameters of p(x|z) for z of shape (n_samples * batch, *latent_shape).
+    parameters of p(x|z) for z of shape (n_samples * batch, *latent_shape). ``eps``: the
+    reparameterisation noise, (n_samples, batch, *latent_shape); None draws it here.
     """
     require(estimator in ESTIMATORS, f"unknown ELBO estimator '{estimator}' (choose from: analytic, generic)")
     require(n_samples >= 1, f"n_samples (L) must be >= 1, got {n_samples}")
     mean, logvar = encode(x)
-    z = reparameterize(mean, logvar, n_samples)  # (L, B, ...)
+    z = reparameterize(mean, logvar, n_samples, eps)  # (L, B, ...)
     log_px_z = likelihood.log_prob(x, decode_samples(decode, z))  # (L, B)
     recon = log_px_z.mean(0)
     if estimator == "analytic":

@@ -17,6 +17,8 @@ from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from aevb.packed.coordinator import active_pack
+
 # metric families drawn against samples_seen in wandb (every family this project logs)
 SAMPLES_AXIS_GLOBS = ("train/*", "val/*", "curve/*", "marginal/*", "final/*", "images/*")
 
@@ -36,6 +38,8 @@ class WandbLogger(_WandbLogger):
             if self._offline:
                 os.environ["WANDB_MODE"] = "dryrun"  # as Lightning would, before the global settings are made
             wandb.setup(settings=wandb.Settings(show_info=False))  # info lines off; warnings and errors stay
+        if new and active_pack() is not None:  # several runs in this process (a packed sweep): one wandb run each
+            self._wandb_init.setdefault("reinit", "create_new")
         run = super().experiment
         if new and rank_zero_only.rank == 0 and getattr(run, "define_metric", None):
             run.define_metric("samples_seen")

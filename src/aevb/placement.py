@@ -1,4 +1,4 @@
-"""Which GPU a sweep job sees: one GPU per job for hydra/launcher=gpu_parallel, the node's GPUs for submitit_local.
+"""Which GPU a sweep job sees: one GPU per job (gpu_parallel) or per pack (packed), the node's GPUs for submitit_local.
 
 A job is pinned to a device through CUDA_VISIBLE_DEVICES, set in the job's own
 process before anything in it can initialise CUDA; inside the job the device is
@@ -50,40 +50,53 @@ def pick_slot(load: list[int], start: int, runs_per_gpu: int) -> int:
 
 def launch_on_gpus(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
     """Run every job in a fresh process pinned to one GPU, at most ``runs_per_gpu`` per GPU at once."""
+    units = [[pos] for pos in range(len(job_overrides))]
+    return launch_units(launcher, job_overrides, initial_job_idx, units, launcher.gpu_list(), launcher.runs_per_gpu,
+                        "gpu_parallel")
+
+
+def launch_units(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, units: list[list[int]],
+                 slots: list, per_slot: int, name: str) -> list:
+    """Run each unit (a list of job positions: one job, or a pack of jobs trained together, aevb.packed)
+    in a fresh process; ``slots`` are GPU ids (the process sees only its GPU) or [None] (no pinning),
+    at most ``per_slot`` units per slot at a time. Returns one JobReturn per job, in job order."""
     import cloudpickle
     from hydra.core.singleton import Singleton
     from hydra.core.utils import filter_overrides, setup_globals
 
     setup_globals()
-    gpus, per_gpu = launcher.gpu_list(), launcher.runs_per_gpu
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    log.info(f"gpu_parallel: {len(job_overrides)} jobs on GPUs {','.join(gpus)}, at most {per_gpu} per GPU at a time;"
-             f" sweep output dir: {sweep_dir}")
-    ctx = mp.get_context("spawn")  # a fresh interpreter per job: CUDA (maybe initialised here) is not inherited
+    where = "CPU" if slots == [None] else f"GPUs {','.join(slots)}"
+    log.info(f"{name}: {len(job_overrides)} jobs in {len(units)} processes on {where}, at most {per_slot} per"
+             f" {'GPU' if slots != [None] else 'node'} at a time; sweep output dir: {sweep_dir}")
+    ctx = mp.get_context("spawn")  # a fresh interpreter per process: CUDA (maybe initialised here) is not inherited
     singleton_state = Singleton.get_state()
-    load, next_slot = [0] * len(gpus), 0
-    pending = list(range(len(job_overrides)))
-    running: dict = {}  # receiving end of the job's pipe -> (position, slot, process)
+    load, next_slot = [0] * len(slots), 0
+    pending = list(range(len(units)))
+    running: dict = {}  # receiving end of the process's pipe -> (unit number, slot, process)
     results: list = [None] * len(job_overrides)
     try:
         while pending or running:
-            while pending and min(load) < per_gpu:
-                slot = pick_slot(load, next_slot, per_gpu)
-                next_slot = (slot + 1) % len(gpus)
-                pos = pending.pop(0)
-                idx = initial_job_idx + pos
-                payload = cloudpickle.dumps((idx, job_overrides[pos], launcher.hydra_context, launcher.config,
-                                             launcher.task_function, singleton_state))
+            while pending and min(load) < per_slot:
+                slot = pick_slot(load, next_slot, per_slot)
+                next_slot = (slot + 1) % len(slots)
+                u = pending.pop(0)
+                jobs = [(initial_job_idx + pos, job_overrides[pos]) for pos in units[u]]
+                payload = cloudpickle.dumps((jobs, launcher.hydra_context, launcher.config, launcher.task_function,
+                                             singleton_state))
                 recv, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_job_process, args=(gpus[slot], payload, send), name=f"sweep-job-{idx}")
+                proc = ctx.Process(target=_unit_process, args=(slots[slot], payload, send), name=f"sweep-unit-{u}")
                 proc.start()
-                send.close()  # only the job holds the sending end now: its exit means EOF here
+                send.close()  # only the process holds the sending end now: its exit means EOF here
                 load[slot] += 1
-                running[recv] = (pos, slot, proc)
-                log.info(f"\t#{idx} on GPU {gpus[slot]} : {' '.join(filter_overrides(job_overrides[pos]))}")
-            for recv in wait(list(running)):  # read results as they come: a full pipe would block the job
-                pos, slot, proc = running.pop(recv)
+                running[recv] = (u, slot, proc)
+                on = f" on GPU {slots[slot]}" if slots[slot] is not None else ""
+                for idx, overrides in jobs:
+                    pack = f" (pack of {len(jobs)})" if len(jobs) > 1 else ""
+                    log.info(f"\t#{idx}{on}{pack} : {' '.join(filter_overrides(overrides))}")
+            for recv in wait(list(running)):  # read results as they come: a full pipe would block the process
+                u, slot, proc = running.pop(recv)
                 try:
                     data = recv.recv_bytes()
                 except EOFError:
@@ -94,9 +107,11 @@ def launch_on_gpus(launcher, job_overrides: Sequence[Sequence[str]], initial_job
                     proc.kill()
                     proc.join()
                 load[slot] -= 1
-                idx = initial_job_idx + pos
-                results[pos] = (cloudpickle.loads(data) if data is not None else
-                                _record_crash(launcher, job_overrides[pos], idx, gpus[slot], proc.exitcode))
+                rets = cloudpickle.loads(data) if data is not None else None
+                for i, pos in enumerate(units[u]):
+                    results[pos] = (rets[i] if rets is not None else
+                                    _record_crash(launcher, job_overrides[pos], initial_job_idx + pos,
+                                                  slots[slot], proc.exitcode))
     finally:
         for _, _, proc in running.values():  # interrupted: leave no job behind
             proc.kill()
@@ -104,14 +119,22 @@ def launch_on_gpus(launcher, job_overrides: Sequence[Sequence[str]], initial_job
     return results
 
 
-def _job_process(gpu: str, payload: bytes, conn) -> None:
-    """Entry point of a job's process: pin the GPU first, then run the job as Hydra's joblib launcher does."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+def _unit_process(gpu, payload: bytes, conn) -> None:
+    """Entry point of a sweep process: pin the GPU first, then run its job (as Hydra's joblib launcher
+    does) or its pack of jobs (aevb.packed.launch.run_pack)."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import cloudpickle
     from hydra_plugins.hydra_joblib_launcher._core import execute_job
 
-    ret = execute_job(*cloudpickle.loads(payload))
-    conn.send_bytes(cloudpickle.dumps(ret))
+    jobs, hydra_context, config, task_function, singleton_state = cloudpickle.loads(payload)
+    if len(jobs) == 1:
+        rets = [execute_job(*jobs[0], hydra_context, config, task_function, singleton_state)]
+    else:
+        from aevb.packed.launch import run_pack
+
+        rets = run_pack(jobs, hydra_context, config, task_function, singleton_state)
+    conn.send_bytes(cloudpickle.dumps(rets))
     conn.close()
 
 
@@ -123,7 +146,7 @@ def _record_crash(launcher, overrides: Sequence[str], idx: int, gpu: str, exitco
     from aevb.atomic import write_json_atomic
 
     how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
-    message = f"job process on GPU {gpu} ended without a result ({how})"
+    message = f"job process{f' on GPU {gpu}' if gpu is not None else ''} ended without a result ({how})"
     job_dir = _job_dir(launcher, overrides, idx)
     job_dir.mkdir(parents=True, exist_ok=True)
     if not (job_dir / "failed.json").is_file():  # keep the job's own record of its failure, if it wrote one

@@ -20,6 +20,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -87,6 +88,19 @@ def requeue_slurm_job() -> str | None:
     return job
 
 
+_THREAD_STOPS: list = []  # GracefulStops of runs in threads other than the main one (packed sweeps)
+
+
+def dispatch_to_threads() -> None:
+    """In the main thread: hand every stop signal to the runs of the other threads (a pack's members)."""
+    def handler(signum, frame):
+        for stop in list(_THREAD_STOPS):
+            stop._thread_handlers[signum](signum, frame)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
+
+
 class GracefulStop(L.Callback):
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
@@ -95,12 +109,18 @@ class GracefulStop(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after Lightning registered its own SIGTERM handler (at fit start), which we chain to
         self.received = None
+        if threading.current_thread() is not threading.main_thread():
+            # a member of a packed sweep (aevb.packed): only the main thread may set handlers;
+            # it forwards every stop signal to the runs registered here (dispatch_to_threads)
+            self._thread_handlers = {sig: self._make_handler(trainer, sig) for sig in STOP_SIGNALS}
+            _THREAD_STOPS.append(self)
+            return
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._make_handler(trainer, sig))
 
     def _make_handler(self, trainer: L.Trainer, sig: signal.Signals):
-        previous = self._previous[sig]
+        previous = self._previous.get(sig)
 
         def handler(signum, frame):
             if self.received is not None and sig == signal.SIGINT:
@@ -112,6 +132,8 @@ class GracefulStop(L.Callback):
         return handler
 
     def _restore_handlers(self) -> None:
+        if self in _THREAD_STOPS:
+            _THREAD_STOPS.remove(self)
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}

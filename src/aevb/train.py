@@ -59,6 +59,7 @@ def run(cfg: DictConfig) -> dict:
     from aevb.dashboards import make_loggers
     from aevb.fast import enable_fast_path
     from aevb.nets.base import count_parameters
+    from aevb.packed.coordinator import active_pack
     from aevb.resume import check_resumable
     from aevb.run_control import ContinueLogs, GracefulStop, RunInterrupted, resume_after_requeue, write_status
 
@@ -80,6 +81,8 @@ def run(cfg: DictConfig) -> dict:
 
     loggers = make_loggers(cfg, model.run_config, extra=lambda node: _continue_wandb_run(node, out_dir, ckpt_path))
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    if active_pack() is not None:  # members of a pack share one console: no live bars, the epoch lines stay
+        callbacks = [c for c in callbacks if "ProgressBar" not in type(c).__name__]
     callbacks += [GracefulStop(), ContinueLogs()]
     _refuse_ddp_in_local_sweep(cfg)
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=_plugins(),
@@ -199,6 +202,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             if user_error is None:
                 raise
             fail(PROG, str(user_error))
+        if os.environ.get("AEVB_TRACEBACK"):
+            import traceback
+            traceback.print_exc()
         _record_failure(user_error or exc)
         return None
     return summary["val/elbo"]

@@ -81,23 +81,37 @@ class FastLoop:
 
     # -- training --------------------------------------------------------------------------
     def training_step(self, chunk: Chunk) -> None:
-        if self.step is None:
-            self.step = self._make_step()
-        n = 0
-        for rows in self.batches[chunk.start:chunk.stop]:
-            self.step(rows)
-            n += 1
-            if self.trainer.received_sigterm:  # a stop signal (aevb.run_control): end at this step, not the chunk's
-                chunk = chunk._replace(stop=chunk.start + n)
-                break
-        self.last_chunk = chunk
-        base = self.step.step if isinstance(self.step, GraphedStep) else self.step
+        from aevb.packed.coordinator import active_pack
+
+        pack = active_pack()  # inside a packed sweep the chunk runs together with the other members' (aevb.packed)
+        n = pack.run_chunk(self, chunk) if pack is not None else self.run_steps(chunk)
+        self.last_chunk = chunk = chunk._replace(stop=chunk.start + n)
+        base = self.base_step
         base.count()
         epoch_loop = self.trainer.fit_loop.epoch_loop
         epoch_loop.manual_optimization.optim_step_progress.increment_by(n)  # global_step: one per optimiser step
         epoch_loop._batches_that_stepped += n - 1  # the loggers' step: Lightning adds the last one after the batch
         self.model.count_samples(n * self.dm.batch_size)
         self._fold_metrics(base.sums, n * self.dm.batch_size)
+
+    def ensure_step(self) -> None:
+        if self.step is None:
+            self.step = self._make_step()
+
+    @property
+    def base_step(self) -> Step:
+        return self.step.step if isinstance(self.step, GraphedStep) else self.step
+
+    def run_steps(self, chunk: Chunk) -> int:
+        """The chunk's optimiser steps, here; returns how many ran (fewer after a stop signal)."""
+        self.ensure_step()
+        n = 0
+        for rows in self.batches[chunk.start:chunk.stop]:
+            self.step(rows)
+            n += 1
+            if self.trainer.received_sigterm:  # a stop signal (aevb.run_control): end at this step, not the chunk's
+                break
+        return n
 
     def _fold_metrics(self, sums: Tensor, n: int) -> None:
         """Feed the chunk's mean terms to the same meters the standard loop's ``record`` feeds; no host sync."""

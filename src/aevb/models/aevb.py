@@ -17,8 +17,10 @@ class AEVB(VAEModuleBase):
         super().__init__(*args, **kwargs)
         self.beta = float(beta)
 
-    def training_loss(self, terms: ElboTerms) -> Tensor:
-        return -terms.objective(self.beta).mean() + self.weight_prior_term()
+    def training_loss(self, terms: ElboTerms, params=None) -> Tensor:
+        """``params``: the parameters the weight prior is taken over (default: the module's own;
+        a packed sweep passes one member's, see aevb.packed)."""
+        return -terms.objective(self.beta).mean() + self.weight_prior_term(params)
 
     def training_step(self, x: Tensor, batch_idx: int) -> Tensor | None:
         if self.fast_loop is not None:  # the fast path (aevb.fast): x is a Chunk of steps, run there

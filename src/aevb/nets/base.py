@@ -32,6 +32,11 @@ def _check_shape(data_shape: Sequence[int], latent_dim: int) -> tuple[int, int, 
 
 
 class Encoder(nn.Module):
+    # True where a member of a packed sweep (aevb.packed) may share a program with larger latents by
+    # zero-padding: every parameter's latent-sized dimension is its own, padded at its end (separate
+    # mean and log-variance layers, not one layer with both halves)
+    latent_padding_exact = False
+
     def __init__(self, data_shape: Sequence[int], latent_dim: int):
         super().__init__()
         self.data_shape = _check_shape(data_shape, latent_dim)
@@ -55,6 +60,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    latent_padding_exact = False  # as Encoder's: z enters only through layers whose input columns pad at the end
+
     def __init__(self, data_shape: Sequence[int], latent_dim: int, likelihood: Likelihood):
         super().__init__()
         self.data_shape = _check_shape(data_shape, latent_dim)

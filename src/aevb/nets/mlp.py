@@ -15,6 +15,8 @@ from aevb.nets.base import Decoder, Encoder
 class MLPEncoder(Encoder):
     """h = tanh(W1 x + b1); mu = W2 h + b2; log sigma^2 = W3 h + b3."""
 
+    latent_padding_exact = True  # W2, b2, W3, b3 have one row per latent unit
+
     def __init__(self, data_shape: Sequence[int], latent_dim: int, hidden_dim: int = 500):
         super().__init__(data_shape, latent_dim)
         require_positive_int("net.encoder.hidden_dim", hidden_dim)
@@ -32,6 +34,8 @@ class MLPEncoder(Encoder):
 
 class MLPDecoder(Decoder):
     """h = tanh(W4 z + b4); raw likelihood parameters = W5 h + b5 (and W6 h + b6 for a Gaussian)."""
+
+    latent_padding_exact = True  # z meets only W4, one column per latent unit
 
     def __init__(self, data_shape: Sequence[int], latent_dim: int, likelihood: Likelihood, hidden_dim: int = 500):
         super().__init__(data_shape, latent_dim, likelihood)

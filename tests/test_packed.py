@@ -1,0 +1,169 @@
+"""Packed sweeps (hydra/launcher=packed): each member trains as its single run would, in its own run folder.
+
+Tolerances. A packed member runs the single run's operations on the same batches and the same
+noise (its own generator, in its run's state), but as batched kernels (vmap turns each matmul
+into a batched one), whose float32 sums are taken in another order; over 200 Adagrad steps these
+rounding differences grow to about 1e-3 nats in the final ELBO (observed: 0.0012 at most) and
+0.07 nats at a curve point. We allow 0.01 nats on summary.json and 0.1 nats on curve.csv, far
+below the spread between seeds (several nats), and require the same curve points exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from aevb.fast.step import Step
+from aevb.packed.launch import plan_packs
+from aevb.packed.steps import PackedSteps
+from helpers import assert_one_line_error, compose, run_cli
+
+SUMMARY_TOL = 0.01  # nats per datapoint
+CURVE_TOL = 0.1
+TINY = ["max_samples=20000", "data.train_size=2000", "logger=csv", "callbacks.progress_bar=null"]
+
+
+# -- the padding of latent sizes ----------------------------------------------------------------------------
+def _member(latent: int, seed: int, data: torch.Tensor):
+    from aevb.building import build
+
+    torch.manual_seed(seed)
+    cfg = compose(["model.latent_dim=%d" % latent, "net.encoder.hidden_dim=32", "net.decoder.hidden_dim=32",
+                   "data.train_size=2000", f"seed={seed}"])
+    _, model = build(cfg, data_module=_Data(data), run_config={})
+    opt = model.configure_optimizers()
+    step = Step(model, data, opt, binarize=False)
+    return SimpleNamespace(model=model, base_step=step)
+
+
+class _Data:
+    """The data module build() needs: shapes and sizes of a fixed tensor of real images."""
+
+    name, batch_size = "mnist", 50
+
+    def __init__(self, data):
+        self.data_shape, self.n_train = tuple(data.shape[1:]), len(data)
+
+    def setup(self):
+        pass
+
+
+def test_padded_latent_units_carry_no_signal_kl_or_gradient(mnist):
+    """N_z = 2 packed with N_z = 6: the small member's steps equal its own single steps (same noise), its
+    padded weights and their Adagrad sums stay exactly 0 (so no step ever gave them a gradient), and
+    its KL is its own units' KL."""
+    data = mnist.splits["train"][:500]
+    steps, batch = 20, 50
+    rows = torch.stack([torch.randint(0, 500, (steps, batch), generator=torch.Generator().manual_seed(s))
+                        for s in (0, 1)])
+    small, big = _member(2, 0, data), _member(6, 1, data)
+    alone = _member(2, 0, data)  # the same initial state as `small`
+    torch.testing.assert_close(list(alone.model.parameters()), list(small.model.parameters()), rtol=0, atol=0)
+
+    gens = [torch.Generator().manual_seed(100), torch.Generator().manual_seed(101)]
+    packed = PackedSteps([small, big])
+    n, totals = packed.run(rows, data, False, gens, stop_now=lambda: False)
+    assert n == steps
+
+    torch.manual_seed(100)  # the single run draws the same stream from the global generator
+    for r in rows[0]:
+        alone.base_step(r)
+    for (name, p), q in zip(alone.model.named_parameters(), small.model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=f"{name}: packed N_z=2 member != single run")
+    alone_sums = alone.base_step.sums  # ELBO, reconstruction, KL summed over the steps
+    torch.testing.assert_close(totals[0], alone_sums, rtol=1e-4, atol=1e-3)
+    assert totals[0][2] > 0, "the small member's KL is its own units' (positive), nothing from padding"
+
+    for name, shape, p, s in zip(packed.names, packed.shapes, packed.stacked_params, packed.stacked_sums):
+        own = dict(small.model.named_parameters())[name].shape
+        if own == shape:
+            continue
+        pad = torch.ones(shape, dtype=torch.bool)
+        pad[tuple(slice(0, k) for k in own)] = False
+        assert pad.any()
+        assert torch.equal(p[0][pad], torch.zeros(int(pad.sum()))), f"{name}: padded weights moved"
+        assert torch.equal(s[0][pad], torch.zeros(int(pad.sum()))), f"{name}: padded weights got gradient"
+    assert totals[1][2] > totals[0][2], "the bigger member's KL has its 6 units"
+
+
+# -- which jobs share a pack ---------------------------------------------------------------------------------
+def test_plan_packs_groups_what_shares_a_program():
+    jobs = [["seed=0"], ["seed=1", "model.latent_dim=200"], ["model.optimizer.lr=0.1"], ["model=wake_sleep"],
+            ["net=cnn", "model.latent_dim=5"], ["net=cnn", "model.latent_dim=6"], ["data=frey_face"],
+            ["fast.enabled=false"], ["seed=2"]]
+    configs = [compose(j) for j in jobs]
+    units, alone = plan_packs(configs, max_pack=3)
+    assert [0, 1, 2] in units, "seed, latent size (MLP pads exactly) and learning rate differ within a pack"
+    assert [8] in units, "max_pack=3 starts a second pack"
+    assert [4] in units and [5] in units, "CNN latents do not pad exactly: different N_z, different packs"
+    assert [3] in units and "does not train on one loss" in alone[3]
+    assert [6] in units and [7] in units and "fast.enabled=false" in alone[7]
+    assert sorted(p for u in units for p in u) == list(range(len(jobs)))
+
+
+def test_bad_pack_size_is_one_line(tmp_path):
+    proc = run_cli("-m", "hydra/launcher=packed", "hydra.launcher.max_pack=0", "seed=0,1", *TINY,
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert_one_line_error(proc, "hydra.launcher.max_pack must be a positive integer")
+
+
+# -- a packed sweep against its single runs ---------------------------------------------------------------------
+def _curve(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_packed_sweep_equals_single_runs(mirror, tmp_path):
+    env = {"AEVB_DATA_MIRROR": str(mirror), "OMP_NUM_THREADS": "1"}
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "hydra/launcher=packed", "seed=0,1", "model.latent_dim=3,5", *TINY,
+                   f"hydra.sweep.dir={sweep}", env_extra=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pack of 4 jobs" in proc.stdout and " 0 chunks" not in proc.stdout
+    results = (sweep / "results.md").read_text()
+    assert "4 jobs: 4 ok, 0 failed" in results
+    for job in range(4):  # every member is a normal run folder
+        d = sweep / str(job)
+        for name in ("summary.json", "curve.csv", "config_resolved.yaml", ".hydra/config.yaml",
+                     "checkpoints/last.ckpt", "checkpoints/best.ckpt", "csv/metrics.csv"):
+            assert (d / name).is_file(), f"job {job}: {name} missing"
+
+    for seed, latent, job in ((0, 3, 0), (1, 5, 3)):  # the sweep's order: seed varies slowest
+        single = tmp_path / f"single_{seed}_{latent}"
+        one = run_cli(f"seed={seed}", f"model.latent_dim={latent}", *TINY, f"hydra.run.dir={single}",
+                      env_extra=env)
+        assert one.returncode == 0, one.stderr[-2000:]
+        a, b = (json.loads((d / "summary.json").read_text()) for d in (single, sweep / str(job)))
+        assert b["latent_dim"] == latent and b["samples_seen"] == a["samples_seen"] == 20000
+        assert b["global_step"] == a["global_step"]
+        for key in ("train/elbo", "val/elbo", "test/elbo", "test/kl"):
+            assert abs(a[key] - b[key]) < SUMMARY_TOL, f"{key}: single {a[key]} packed {b[key]}"
+        ca, cb = _curve(single / "curve.csv"), _curve(sweep / str(job) / "curve.csv")
+        assert [r["samples_seen"] for r in ca] == [r["samples_seen"] for r in cb] and len(ca) >= 3
+        for ra, rb in zip(ca, cb):
+            for key in ("train_elbo", "test_elbo"):
+                assert abs(float(ra[key]) - float(rb[key])) < CURVE_TOL, (ra, rb)
+
+    from aevb.models.aevb import AEVB
+
+    model = AEVB.load_from_checkpoint(sweep / "0" / "checkpoints" / "last.ckpt")  # what aevb-eval and resume read
+    assert model.latent_dim == 3 and model.samples_seen == 20000
+
+
+def test_diverging_member_fails_alone(mirror, tmp_path):
+    """lr = 1e30 makes one member's ELBO infinite at its first steps; it is recorded as failed, the other finishes."""
+    env = {"AEVB_DATA_MIRROR": str(mirror), "OMP_NUM_THREADS": "1"}
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "hydra/launcher=packed", "model.optimizer.lr=0.02,1e30", "max_samples=5000",
+                   "data.train_size=1000", "logger=csv", "callbacks.progress_bar=null", f"hydra.sweep.dir={sweep}",
+                   env_extra=env, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "pack of 2 jobs" in proc.stdout
+    assert (sweep / "0" / "summary.json").is_file() and not (sweep / "1" / "summary.json").exists()
+    failed = json.loads((sweep / "1" / "failed.json").read_text())
+    assert "diverged" in failed["error"]
+    assert "1 failed" in (sweep / "results.md").read_text()
