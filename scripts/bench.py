@@ -262,6 +262,25 @@ def sweep_wall_time(args, env: dict, fast: bool) -> dict:
     return {"jobs": 10, "samples_per_job": args.sweep_samples, "fast": fast, "wall_s": wall}
 
 
+def packed_sweep(args, env: dict) -> list[dict]:
+    """Figure 2's MNIST AEVB jobs (N_z = 3, 5, 10, 20, 200: the jobs that pack) one job at a time, then as one
+    pack: aggregate training samples per wall-second of the whole sweep (start-up and evaluations included)."""
+    exe = Path(sys.executable).with_name("aevb-train")
+    out = []
+    for launcher in ("basic", "packed"):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [str(exe), "-m", "experiment=fig2_mnist", "model=aevb", f"max_samples={args.pack_samples}",
+                   "logger=csv", f"trainer={'gpu' if args.device == 'cuda' else 'cpu'}", f"hydra/launcher={launcher}",
+                   f"hydra.sweep.dir={tmp}/sweep"]
+            wall, rss, _ = timed(cmd, env)
+        jobs = 5
+        out.append({"launcher": launcher, "jobs": jobs, "samples_per_job": args.pack_samples, "wall_s": wall,
+                    "aggregate_samples_per_s": jobs * args.pack_samples / wall, "peak_rss_mb": rss})
+        print(f"  Figure 2 MNIST AEVB sweep, {launcher:<6}: {out[-1]['aggregate_samples_per_s']:,.0f} samples/s"
+              f" aggregate ({wall:.0f} s wall)", file=sys.stderr, flush=True)
+    return out
+
+
 LABELS = {"plain": "plain PyTorch loop (resident, eager, randperm)", "lightning": "naive Lightning loop (DataLoader, log every step)",
           "standard": "aevb standard loop (fast.enabled=false)", "fast": "aevb default (fast path)",
           "graph": "plain loop, whole step in one CUDA graph"}
@@ -285,6 +304,17 @@ def markdown(result: dict) -> str:
         lines.append(f"\nScaled-down Figure 2 sweep (experiment=fig2_mnist, {s['jobs']} jobs one after another,"
                      f" {s['samples_per_job']:,} training samples each, {'fast path' if s['fast'] else 'standard loop'}):"
                      f" {s['wall_s']:.0f} s wall.")
+    packs = result.get("packed_sweep")
+    if packs:
+        one, packed = packs
+        lines += ["", f"Figure 2 MNIST, the AEVB jobs (N_z = 3, 5, 10, 20, 200; {one['samples_per_job']:,} training"
+                  " samples each, the experiment's callbacks: curve points, validation, final evaluation), whole"
+                  " sweep wall clock:", "",
+                  "| launcher | aggregate training samples/s | wall (s) | x one at a time |", "|---|---:|---:|---:|"]
+        for r in packs:
+            lines.append(f"| {r['launcher']} ({'one job at a time' if r['launcher'] == 'basic' else 'one pack of 5'})"
+                         f" | {r['aggregate_samples_per_s']:,.0f} | {r['wall_s']:.0f}"
+                         f" | {r['aggregate_samples_per_s'] / one['aggregate_samples_per_s']:.2f} |")
     if result.get("projection"):
         p = result["projection"]
         lines.append(f"\nPaper-scale Figure 2 ({PAPER_FIG2_SAMPLES:.1e} training samples, one process at a time) at the"
@@ -304,6 +334,8 @@ def main() -> None:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--sweep-samples", type=int, default=20_000, help="per job of the scaled-down Figure 2; 0 skips it")
     ap.add_argument("--sweep-standard", action="store_true", help="also time the sweep on the standard loop")
+    ap.add_argument("--pack-samples", type=int, default=50_000,
+                    help="per job of the packed-against-one-at-a-time Figure 2 sweep; 0 skips it")
     ap.add_argument("--out", default="logs/bench/bench.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -330,6 +362,8 @@ def main() -> None:
     result["rows"] = measure(args, env)
     if args.sweep_samples:
         result["sweeps"] = [sweep_wall_time(args, env, True)] + ([sweep_wall_time(args, env, False)] if args.sweep_standard else [])
+    if args.pack_samples:
+        result["packed_sweep"] = packed_sweep(args, env)
     fast100 = next((r for r in result["rows"] if r["variant"] == "fast" and r["batch_size"] == 100), None)
     if fast100 and fast100["samples_per_s"] > 0:
         result["projection"] = {"samples": PAPER_FIG2_SAMPLES, "rate": fast100["samples_per_s"],
