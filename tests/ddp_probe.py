@@ -16,8 +16,10 @@ class DdpProbe(L.Callback):
         self.first_batch: torch.Tensor | None = None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if self.first_batch is None:
-            self.first_batch = batch.detach().clone()
+        if self.first_batch is None:  # the fast path's "batch" is a Chunk: its first step's images
+            loop = getattr(module, "fast_loop", None)
+            self.first_batch = (batch.detach().clone() if torch.is_tensor(batch)
+                                else loop.data[loop.batches[batch.start]].clone())
 
     def on_train_end(self, trainer, module):
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from aevb.fast.step import Step
+from aevb.fast.step import Step, WakeSleepStep
 from aevb.packed.launch import plan_packs
 from aevb.packed.steps import PackedSteps
 from helpers import assert_one_line_error, compose, run_cli
@@ -28,15 +28,15 @@ TINY = ["max_samples=20000", "data.train_size=2000", "logger=csv", "callbacks.pr
 
 
 # -- the padding of latent sizes ----------------------------------------------------------------------------
-def _member(latent: int, seed: int, data: torch.Tensor):
+def _member(latent: int, seed: int, data: torch.Tensor, method: str = "aevb"):
     from aevb.building import build
 
     torch.manual_seed(seed)
-    cfg = compose(["model.latent_dim=%d" % latent, "net.encoder.hidden_dim=32", "net.decoder.hidden_dim=32",
-                   "data.train_size=2000", f"seed={seed}"])
+    cfg = compose([f"model={method}", "model.latent_dim=%d" % latent, "net.encoder.hidden_dim=32",
+                   "net.decoder.hidden_dim=32", "data.train_size=2000", f"seed={seed}"])
     _, model = build(cfg, data_module=_Data(data), run_config={})
     opt = model.configure_optimizers()
-    step = Step(model, data, opt, binarize=False)
+    step = (WakeSleepStep if method == "wake_sleep" else Step)(model, data, opt, binarize=False)
     return SimpleNamespace(model=model, base_step=step)
 
 
@@ -52,16 +52,17 @@ class _Data:
         pass
 
 
-def test_padded_latent_units_carry_no_signal_kl_or_gradient(mnist):
+@pytest.mark.parametrize("method", ["aevb", "wake_sleep"])
+def test_padded_latent_units_carry_no_signal_kl_or_gradient(mnist, method):
     """N_z = 2 packed with N_z = 6: the small member's steps equal its own single steps (same noise), its
     padded weights and their Adagrad sums stay exactly 0 (so no step ever gave them a gradient), and
-    its KL is its own units' KL."""
+    its KL is its own units' KL (wake-sleep: also its dreams' log q(z|x))."""
     data = mnist.splits["train"][:500]
     steps, batch = 20, 50
     rows = torch.stack([torch.randint(0, 500, (steps, batch), generator=torch.Generator().manual_seed(s))
                         for s in (0, 1)])
-    small, big = _member(2, 0, data), _member(6, 1, data)
-    alone = _member(2, 0, data)  # the same initial state as `small`
+    small, big = _member(2, 0, data, method), _member(6, 1, data, method)
+    alone = _member(2, 0, data, method)  # the same initial state as `small`
     torch.testing.assert_close(list(alone.model.parameters()), list(small.model.parameters()), rtol=0, atol=0)
 
     gens = [torch.Generator().manual_seed(100), torch.Generator().manual_seed(101)]
@@ -93,15 +94,15 @@ def test_padded_latent_units_carry_no_signal_kl_or_gradient(mnist):
 # -- which jobs share a pack ---------------------------------------------------------------------------------
 def test_plan_packs_groups_what_shares_a_program():
     jobs = [["seed=0"], ["seed=1", "model.latent_dim=200"], ["model.optimizer.lr=0.1"], ["model=wake_sleep"],
-            ["net=cnn", "model.latent_dim=5"], ["net=cnn", "model.latent_dim=6"], ["data=frey_face"],
-            ["fast.enabled=false"], ["seed=2"]]
+            ["model=wake_sleep", "seed=3", "model.latent_dim=5"], ["net=cnn", "model.latent_dim=5"],
+            ["net=cnn", "model.latent_dim=6"], ["data=frey_face"], ["fast.enabled=false"], ["seed=2"]]
     configs = [compose(j) for j in jobs]
     units, alone = plan_packs(configs, max_pack=3)
     assert [0, 1, 2] in units, "seed, latent size (MLP pads exactly) and learning rate differ within a pack"
-    assert [8] in units, "max_pack=3 starts a second pack"
-    assert [4] in units and [5] in units, "CNN latents do not pad exactly: different N_z, different packs"
-    assert [3] in units and "does not train on one loss" in alone[3]
-    assert [6] in units and [7] in units and "fast.enabled=false" in alone[7]
+    assert [9] in units, "max_pack=3 starts a second pack"
+    assert [3, 4] in units, "wake-sleep packs with wake-sleep"
+    assert [5] in units and [6] in units, "CNN latents do not pad exactly: different N_z, different packs"
+    assert [7] in units and [8] in units and alone == {8: "fast.enabled=false"}
     assert sorted(p for u in units for p in u) == list(range(len(jobs)))
 
 
@@ -117,10 +118,17 @@ def _curve(path):
         return list(csv.DictReader(f))
 
 
-def test_packed_sweep_equals_single_runs(mirror, tmp_path):
+RUNS = {"aevb_mnist": TINY,
+        "wake_sleep_frey": ["model=wake_sleep", "data=frey_face", "max_samples=20000", "logger=csv",
+                            "callbacks.progress_bar=null"]}
+
+
+@pytest.mark.parametrize("runs", sorted(RUNS))
+def test_packed_sweep_equals_single_runs(mirror, tmp_path, runs):
     env = {"AEVB_DATA_MIRROR": str(mirror), "OMP_NUM_THREADS": "1"}
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "hydra/launcher=packed", "seed=0,1", "model.latent_dim=3,5", *TINY,
+    args = RUNS[runs]
+    proc = run_cli("-m", "hydra/launcher=packed", "seed=0,1", "model.latent_dim=3,5", *args,
                    f"hydra.sweep.dir={sweep}", env_extra=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pack of 4 jobs" in proc.stdout and " 0 chunks" not in proc.stdout
@@ -134,7 +142,7 @@ def test_packed_sweep_equals_single_runs(mirror, tmp_path):
 
     for seed, latent, job in ((0, 3, 0), (1, 5, 3)):  # the sweep's order: seed varies slowest
         single = tmp_path / f"single_{seed}_{latent}"
-        one = run_cli(f"seed={seed}", f"model.latent_dim={latent}", *TINY, f"hydra.run.dir={single}",
+        one = run_cli(f"seed={seed}", f"model.latent_dim={latent}", *args, f"hydra.run.dir={single}",
                       env_extra=env)
         assert one.returncode == 0, one.stderr[-2000:]
         a, b = (json.loads((d / "summary.json").read_text()) for d in (single, sweep / str(job)))
@@ -148,9 +156,9 @@ def test_packed_sweep_equals_single_runs(mirror, tmp_path):
             for key in ("train_elbo", "test_elbo"):
                 assert abs(float(ra[key]) - float(rb[key])) < CURVE_TOL, (ra, rb)
 
-    from aevb.models.aevb import AEVB
+    from aevb.checkpoints import load_model
 
-    model = AEVB.load_from_checkpoint(sweep / "0" / "checkpoints" / "last.ckpt")  # what aevb-eval and resume read
+    model, _, _ = load_model(sweep / "0" / "checkpoints" / "last.ckpt")  # what aevb-eval and resume read
     assert model.latent_dim == 3 and model.samples_seen == 20000
 
 

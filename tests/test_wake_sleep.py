@@ -282,8 +282,10 @@ def test_average_gradients_is_the_mean_over_two_gloo_ranks(tmp_path):
 
 
 @pytest.mark.slow  # ~20 s: two aevb-train processes
-def test_ddp_two_cpu_processes_keep_ranks_identical(mirror, tmp_path):
-    """2 gloo ranks, different data each: identical final parameters only if every phase's gradients were synced."""
+@pytest.mark.parametrize("fast", ["false", "true"])
+def test_ddp_two_cpu_processes_keep_ranks_identical(mirror, tmp_path, fast):
+    """2 gloo ranks, different data each: identical final parameters only if every phase's gradients were synced
+    (standard loop: WakeSleep._phase_update; fast path: WakeSleepStep's all-reduce per phase)."""
     import json
 
     from helpers import run_cli
@@ -291,7 +293,7 @@ def test_ddp_two_cpu_processes_keep_ranks_identical(mirror, tmp_path):
     probe = tmp_path / "probe"
     proc = run_cli("model=wake_sleep", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data=frey_face",
                    "model.latent_dim=2", "max_samples=2000", "logger=csv", "callbacks.progress_bar=null",
-                   "+callbacks.ddp_probe._target_=ddp_probe.DdpProbe", f"+callbacks.ddp_probe.out_dir={probe}",
+                   f"fast.enabled={fast}", "+callbacks.ddp_probe._target_=ddp_probe.DdpProbe", f"+callbacks.ddp_probe.out_dir={probe}",
                    f"hydra.run.dir={tmp_path / 'run'}",
                    env_extra={"AEVB_DATA_MIRROR": str(mirror),
                               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), str(Path(__file__).parent)])})

@@ -48,7 +48,8 @@ class Likelihood:
         """E[x|z], used for pictures (samples, manifolds, reconstructions)."""
         raise NotImplementedError
 
-    def sample(self, params: dict[str, Tensor]) -> Tensor:
+    def sample(self, params: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """x ~ p(x|z); ``generator``: the stream to draw from (default the global one)."""
         raise NotImplementedError
 
 
@@ -72,8 +73,8 @@ class Bernoulli(Likelihood):
     def mean(self, params: dict[str, Tensor]) -> Tensor:
         return torch.sigmoid(params["logits"])
 
-    def sample(self, params: dict[str, Tensor]) -> Tensor:
-        return torch.bernoulli(torch.sigmoid(params["logits"]))
+    def sample(self, params: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        return torch.bernoulli(torch.sigmoid(params["logits"]), generator=generator)
 
 
 class Gaussian(Likelihood):
@@ -91,8 +92,10 @@ class Gaussian(Likelihood):
     def mean(self, params: dict[str, Tensor]) -> Tensor:
         return params["mean"]
 
-    def sample(self, params: dict[str, Tensor]) -> Tensor:
-        return params["mean"] + torch.exp(0.5 * params["logvar"]) * torch.randn_like(params["mean"])
+    def sample(self, params: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
+        mean = params["mean"]
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + torch.exp(0.5 * params["logvar"]) * noise
 
 
 LIKELIHOODS = {cls.name: cls for cls in (Bernoulli, Gaussian)}

@@ -4,9 +4,9 @@ Switched by the ``fast`` config block (``fast.enabled``, on by default). The tra
 images live on the training device, batches are drawn there by index in the standard
 loop's order, each ``training_step`` runs a chunk of optimiser steps (manual
 optimisation) that ends exactly where the standard loop would validate, checkpoint,
-draw a curve point or stop, and on CUDA the whole step is one CUDA graph. Models without
-a single ``training_loss`` (wake-sleep) and trainer settings it does not cover keep the
-standard loop, with one line saying why.
+draw a curve point or stop, and on CUDA the whole step is one CUDA graph (AEVB; wake-sleep's
+two-phase step runs eagerly). Trainer settings it does not cover keep the standard loop,
+with one line saying why.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from aevb.fast.loop import FastLoop
 
 def why_not(trainer, model) -> str | None:
     """Why this run cannot take the fast path, or None."""
-    if not hasattr(model, "training_loss"):
-        return f"{type(model).__name__} does not train on one loss; the fast path runs AEVB"
+    if not hasattr(model, "training_loss") and not hasattr(model, "wake_terms"):
+        return f"{type(model).__name__} is neither AEVB nor wake-sleep, the methods the fast path runs"
+    if getattr(model, "phases", "sequential") != "sequential":
+        return f"model.phases={model.phases} (the old wake-sleep order) runs on the standard loop"
     if str(trainer.precision) not in ("32-true", "32"):
         return f"precision {trainer.precision} (the fast path runs 32-bit)"
     if trainer.accumulate_grad_batches != 1 or trainer.gradient_clip_val:

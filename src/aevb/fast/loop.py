@@ -16,7 +16,7 @@ import math
 from torch import Tensor
 
 from aevb.fast.plan import Chunk, ResidentBatches, StopPoints, epoch_batches
-from aevb.fast.step import GraphedStep, Step
+from aevb.fast.step import GraphedStep, Step, WakeSleepStep
 from aevb.models.base import TERMS, metric_name
 
 
@@ -122,16 +122,21 @@ class FastLoop:
             meter = model.meters[f"train_{name}"]
             meter.update(sums[i] / n, weight=n)
             model.log(metric_name("train", name), meter, on_step=False, on_epoch=True, batch_size=n)
+        if len(sums) > len(TERMS):  # wake-sleep: its two phase objectives (wake = the reconstruction term)
+            model.record_phases(sums[1] / n, sums[3] / n, n)
         sums.zero_()
 
     def _make_step(self):
         model, trainer = self.model, self.trainer
-        optimizer = model.optimizers()
-        optimizer = getattr(optimizer, "optimizer", optimizer)
+        optimizers = model.optimizers()
+        optimizers = [getattr(o, "optimizer", o) for o in (optimizers if isinstance(optimizers, list) else [optimizers])]
         device = model.device
         compile = self.compile == "true" or self.compile is True or (self.compile == "auto" and device.type == "cuda")
-        step = Step(model, self.data, optimizer, binarize=self.dm.binarize == "dynamic", compile=compile,
-                    world=trainer.world_size)
+        binarize = self.dm.binarize == "dynamic"
+        if hasattr(model, "wake_terms"):  # wake-sleep: two phases, two optimisers (decoder, encoder)
+            step = WakeSleepStep(model, self.data, optimizers, binarize=binarize, world=trainer.world_size)
+        else:
+            step = Step(model, self.data, optimizers[0], binarize=binarize, compile=compile, world=trainer.world_size)
         step.trace = self.trace
         if trainer.world_size > 1:  # the step all-reduces its gradient itself; DDP's reducer would wait for one backward
             ddp = getattr(trainer.strategy, "model", None)

@@ -15,41 +15,18 @@ from torch import Tensor
 from aevb.fast.adagrad import adagrad_state, adagrad_step_, count_steps_, supports
 
 
-class Step:
-    def __init__(self, model, data: Tensor, optimizer: torch.optim.Optimizer, binarize: bool,
-                 compile: bool = False, world: int = 1):
-        self.model, self.data, self.optimizer = model, data, optimizer
-        self.binarize, self.world = binarize, world
-        self.params = [p for p in model.parameters() if p.requires_grad]
+class Updater:
+    """One optimiser's update from given gradients: the foreach Adagrad (capturable) where it reproduces
+    ``optimizer.step()`` exactly, else ``optimizer.step()`` itself (any other optimiser, Adagrad's warm-up)."""
+
+    def __init__(self, params: list[Tensor], optimizer: torch.optim.Optimizer):
+        self.params, self.optimizer = params, optimizer
         self.adagrad = adagrad_state(optimizer) if supports(optimizer) else None
         self.later_adagrad = self.adagrad is None and supports(optimizer, now=False)  # after the optimiser's warm-up
-        self.loss_fn = torch.compile(self._loss) if compile else self._loss
-        # running sums of the ELBO, reconstruction and KL terms over the steps since the last fold (nats)
-        self.sums = torch.zeros(3, device=data.device)
-        self.trace: list[Tensor] | None = None  # per-step losses, when a test asks for them
         self.uncounted = 0  # foreach updates not yet added to the optimiser's step counters (host ints)
 
-    def _loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        terms = self.model.elbo_terms(x)
-        loss = self.model.training_loss(terms)
-        return loss, torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum()]).detach()
-
-    def __call__(self, rows: Tensor) -> Tensor:
-        x = self.data.index_select(0, rows)
-        if self.binarize:
-            x = torch.bernoulli(x)
-        loss, sums = self.loss_fn(x)
-        grads = torch.autograd.grad(loss, self.params)
-        if self.world > 1:
-            grads = _all_reduce_mean(grads, self.world)
-        self.update(grads)
-        self.sums.add_(sums)
-        if self.trace is not None:
-            self.trace.append(loss.detach())
-        return loss
-
-    def update(self, grads) -> None:
-        if self.adagrad is None:  # any other optimiser, or Adagrad's warm-up: its own step() on the gradients
+    def __call__(self, grads) -> None:
+        if self.adagrad is None:
             for p, g in zip(self.params, grads):
                 p.grad = g
             self.optimizer.step()
@@ -68,10 +45,102 @@ class Step:
                 count_steps_(steps, self.uncounted)
             self.uncounted = 0
 
+
+class Step:
+    """AEVB's step: the model's ``training_loss`` and its gradient, one optimiser."""
+
+    N_SUMS = 3  # running sums of the ELBO, reconstruction and KL terms
+
+    def __init__(self, model, data: Tensor, optimizer, binarize: bool, compile: bool = False, world: int = 1):
+        self.model, self.data = model, data
+        self.binarize, self.world = binarize, world
+        self.updaters = self._updaters(model, optimizer)
+        self.optimizer = self.updaters[0].optimizer
+        self.params = self.updaters[0].params
+        self.loss_fn = torch.compile(self._loss) if compile else self._loss
+        # running sums of the ELBO, reconstruction and KL terms (and a method's own) since the last fold (nats)
+        self.sums = torch.zeros(self.N_SUMS, device=data.device)
+        self.trace: list[Tensor] | None = None  # per-step losses, when a test asks for them
+
+    def _updaters(self, model, optimizer) -> list[Updater]:
+        return [Updater([p for p in model.parameters() if p.requires_grad], optimizer)]
+
+    @property
+    def adagrad(self):
+        """Every optimiser's foreach Adagrad state, or None while any one still needs its own step()."""
+        states = [u.adagrad for u in self.updaters]
+        return None if any(s is None for s in states) else states
+
+    @property
+    def uncounted(self) -> int:
+        return self.updaters[0].uncounted
+
+    @uncounted.setter
+    def uncounted(self, n: int) -> None:  # every optimiser steps once per step
+        for u in self.updaters:
+            u.uncounted = n
+
+    def count(self) -> None:
+        for u in self.updaters:
+            u.count()
+
+    def _loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        terms = self.model.elbo_terms(x)
+        loss = self.model.training_loss(terms)
+        return loss, torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum()]).detach()
+
+    def batch(self, rows: Tensor) -> Tensor:
+        x = self.data.index_select(0, rows)
+        return torch.bernoulli(x) if self.binarize else x
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        loss, sums = self.loss_fn(self.batch(rows))
+        self._apply(self.updaters[0], loss)
+        self.sums.add_(sums)
+        if self.trace is not None:
+            self.trace.append(loss.detach())
+        return loss
+
+    def _apply(self, updater: Updater, loss: Tensor) -> None:
+        grads = torch.autograd.grad(loss, updater.params)
+        if self.world > 1:
+            grads = _all_reduce_mean(grads, self.world)
+        updater(grads)
+
     @property
     def capturable(self) -> bool:
         """The step can be one CUDA graph (now, or once the optimiser's warm-up is over)."""
-        return (self.adagrad is not None or self.later_adagrad) and self.world == 1 and self.trace is None
+        u = self.updaters[0]
+        return (u.adagrad is not None or u.later_adagrad) and self.world == 1 and self.trace is None
+
+
+class WakeSleepStep(Step):
+    """Wake-sleep's step, as ``WakeSleep.training_step`` takes it: the wake phase's gradient into the decoder
+    and its update, then dreams from the updated decoder, the sleep phase's gradient into the encoder and its
+    update (two optimisers, decoder first). The same random draws in the same order as the standard loop."""
+
+    N_SUMS = 4  # ELBO, reconstruction (= the wake objective), KL, and the sleep objective log q(z|x)
+
+    def _updaters(self, model, optimizers) -> list[Updater]:
+        dec, enc = optimizers
+        return [Updater([p for p in model.decoder.parameters() if p.requires_grad], dec),
+                Updater([p for p in model.encoder.parameters() if p.requires_grad], enc)]
+
+    def __call__(self, rows: Tensor) -> Tensor:
+        model, x = self.model, self.batch(rows)
+        terms = model.wake_terms(x)
+        wake = model.wake_loss(terms)
+        self._apply(self.updaters[0], wake)
+        logq = model.sleep_logq(*model.dream(x.shape[0]))  # from the decoder this step just updated
+        self._apply(self.updaters[1], model.sleep_loss(logq))
+        self.sums.add_(torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), logq.sum()]).detach())
+        if self.trace is not None:
+            self.trace.append(wake.detach())
+        return wake
+
+    @property
+    def capturable(self) -> bool:
+        return False  # (eager: the dreams' sampling between the two updates is not captured)
 
 
 def _all_reduce_mean(grads, world: int) -> list[Tensor]:

@@ -88,14 +88,17 @@ class WakeSleep(VAEModuleBase):
         mean, logvar = self.encoder(x)
         return log_normal(z, mean, logvar, batch_dims=1)
 
-    def wake_loss(self, terms: ElboTerms) -> Tensor:
-        return -terms.recon.mean() + self.weight_prior_term(self.decoder.parameters())
+    def wake_loss(self, terms: ElboTerms, params=None) -> Tensor:
+        """``params``: the decoder's parameters the weight prior is taken over (default its own; aevb.packed)."""
+        return -terms.recon.mean() + self.weight_prior_term(self.decoder.parameters() if params is None else params)
 
-    def sleep_loss(self, logq: Tensor) -> Tensor:
-        return -logq.mean() + self.weight_prior_term(self.encoder.parameters())
+    def sleep_loss(self, logq: Tensor, params=None) -> Tensor:
+        return -logq.mean() + self.weight_prior_term(self.encoder.parameters() if params is None else params)
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, x: Tensor, batch_idx: int) -> None:
+        if self.fast_loop is not None:  # the fast path (aevb.fast.step.WakeSleepStep): x is a Chunk of steps
+            return self.fast_loop.training_step(x)
         opt_dec, opt_enc = self.optimizers()
         terms = self.wake_terms(x)
         dreams = self.dream(x.shape[0]) if self.phases == "simultaneous" else None
@@ -107,11 +110,15 @@ class WakeSleep(VAEModuleBase):
                            lambda: self.trainer.strategy.optimizer_step(opt_enc.optimizer, closure=_no_closure))
 
         self.record("train", terms)  # detached inside: the same training ELBO AEVB records
-        for name, value in (("wake_loglik", terms.recon), ("sleep_logq", logq)):
-            meter = self.phase_meters[name]
-            meter.update(value.detach())
-            self.log(f"train/{name}", meter, on_step=False, on_epoch=True, batch_size=x.shape[0])
+        self.record_phases(terms.recon.detach(), logq.detach(), x.shape[0])
         self.count_samples(x.shape[0])
+
+    def record_phases(self, wake_loglik: Tensor, sleep_logq: Tensor, n: int) -> None:
+        """The phase objectives per datapoint (values, or a chunk's means over ``n`` datapoints), nats."""
+        for name, value in (("wake_loglik", wake_loglik), ("sleep_logq", sleep_logq)):
+            meter = self.phase_meters[name]
+            meter.update(value, weight=n if value.dim() == 0 else 1.0)
+            self.log(f"train/{name}", meter, on_step=False, on_epoch=True, batch_size=n)
 
     def _phase_update(self, loss: Tensor, net: nn.Module, step) -> None:
         """One phase: gradients of ``loss`` into ``net`` only, averaged over DDP ranks, then ``step()``."""

@@ -3,8 +3,8 @@
 Jobs share a pack when their configs differ only in values that change no shape of the
 training program (the seed, the learning rate, the initialisation, the data order's seed)
 or in the latent size where the backbone pads it exactly (aevb.packed.steps), and when they
-train on the fast path with one device: the same data set, backbone, optimiser, method and
-budget. Every other job is a pack of one and runs as under any launcher.
+train on the fast path with one device: the same data set, backbone, optimiser, method (AEVB
+or wake-sleep) and budget. Every other job is a pack of one and runs as under any launcher.
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ def why_alone(cfg: DictConfig) -> str | None:
         return "fast.enabled=false"
     if cfg.get("ckpt_path"):
         return "it resumes from a checkpoint"
+    if cfg.model.get("phases", "sequential") != "sequential":
+        return f"model.phases={cfg.model.phases} runs on the standard loop"
     trainer = cfg.trainer
     if "ddp" in str(trainer.get("strategy") or "") or str(trainer.get("devices", 1)) not in ("1", "auto"):
         return "it trains on several devices"
-    if not hasattr(get_class(cfg.model._target_), "training_loss"):
-        return f"{cfg.model._target_.rsplit('.', 1)[-1]} does not train on one loss (packs run AEVB)"
+    model = get_class(cfg.model._target_)
+    if not hasattr(model, "training_loss") and not hasattr(model, "wake_terms"):
+        return f"{cfg.model._target_.rsplit('.', 1)[-1]} is neither AEVB nor wake-sleep (the methods packs run)"
     return None
 
 

@@ -23,8 +23,9 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
-from aevb.elbo import elbo
-from aevb.fast.adagrad import adagrad_state, supports
+from aevb.elbo import elbo, log_normal
+from aevb.fast.adagrad import supports
+from aevb.likelihoods import LOG_2PI
 
 
 def latent_padding_exact(model) -> bool:
@@ -44,19 +45,27 @@ def can_share(a, b) -> bool:
 
 
 def packable(loop) -> bool:
-    """This member's next steps can run packed: plain Adagrad (warm-up over), one process, no per-step trace."""
+    """This member's next steps can run packed: plain Adagrad (warm-up over), one process, no per-step trace,
+    one step size for all its parameters."""
     step = loop.base_step
-    return step.world == 1 and step.trace is None and supports(step.optimizer) and len(step.optimizer.param_groups) == 1
+    if step.world != 1 or step.trace is not None:
+        return False
+    opts = [u.optimizer for u in step.updaters]
+    return (all(supports(o) and len(o.param_groups) == 1 for o in opts)
+            and len({(o.param_groups[0]["lr"], o.param_groups[0]["eps"]) for o in opts}) == 1)
 
 
 class PackedSteps:
     """Runs the same steps of K members (their FastLoops) as one program; the members' own tensors
-    stay the truth: ``run`` reads them in and writes them back."""
+    stay the truth: ``run`` reads them in and writes them back. AEVB: one vmapped gradient of the
+    training loss per step. Wake-sleep (``wake_terms``): the wake gradient into the decoders and their
+    update, each member's dreams from its updated decoder, then the sleep gradient into the encoders."""
 
     def __init__(self, loops: list):
         self.loops = loops
         self.models = [loop.model for loop in loops]
         self.template = max(self.models, key=lambda m: m.latent_dim)  # its modules have the padded shapes
+        self.wake_sleep = hasattr(self.template, "wake_terms")
         self.names = [name for name, _ in self.template.named_parameters()]
         self.shapes = [p.shape for _, p in self.template.named_parameters()]
         device = self.template.device
@@ -64,33 +73,56 @@ class PackedSteps:
         self.mask = torch.zeros(len(loops), self.template.latent_dim, device=device)
         for k, n in enumerate(self.latent):
             self.mask[k, :n] = 1.0
-        groups = [adagrad_state(loop.base_step.optimizer)[0] for loop in loops]  # (params, sums, steps, lr, eps)
-        self.lrs = [g[3] for g in groups]
-        self.eps = groups[0][4]
-        self.lr = torch.tensor(self.lrs, device=device)
-        self.grad_fn = vmap(grad_and_value(self._loss, has_aux=True))
+        groups = [loop.base_step.updaters[0].optimizer.param_groups[0] for loop in loops]
+        self.eps = float(groups[0]["eps"])
+        self.lr = torch.tensor([float(g["lr"]) for g in groups], device=device)
+        if self.wake_sleep:
+            self.wake_grad = vmap(grad_and_value(self._wake_loss, has_aux=True))
+            self.sleep_grad = vmap(grad_and_value(self._sleep_loss, has_aux=True))
+            self.decode = vmap(lambda dec, z: functional_call(self.template.decoder, dec, (z,)))
+        else:
+            self.grad_fn = vmap(grad_and_value(self._loss, has_aux=True))
 
-    # -- the member's objective, as a pure function of its (padded) parameters ---------------------
-    def _loss(self, params: dict[str, Tensor], x: Tensor, eps: Tensor, mask: Tensor):
-        t = self.template
-        enc = {k[len("encoder."):]: v for k, v in params.items() if k.startswith("encoder.")}
-        dec = {k[len("decoder."):]: v for k, v in params.items() if k.startswith("decoder.")}
-
+    # -- each member's objectives, as pure functions of its (padded) parameters ----------------------
+    def _encode(self, enc: dict[str, Tensor], mask: Tensor, fixed: bool = False):
         def encode(x):
-            mean, logvar = functional_call(t.encoder, enc, (x,))
-            return mean * mask, logvar * mask  # padded units: N(0, 1), and their noise is 0
+            mean, logvar = functional_call(self.template.encoder, enc, (x,))
+            if fixed:  # wake: z ~ q(z|x) held fixed, no gradient into the encoder
+                mean, logvar = mean.detach(), logvar.detach()
+            return mean * mask, logvar * mask  # padded units: N(0, 1), and their noise is 0, so z = 0
+        return encode
 
-        terms = elbo(x, encode, lambda z: functional_call(t.decoder, dec, (z,)), t.likelihood, t.n_samples,
-                     t.estimator, eps=eps)
-        loss = t.training_loss(terms, params.values())
-        return loss, torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum()]).detach()
+    def _terms(self, enc, dec, x, eps, mask, fixed=False):
+        t = self.template
+        return elbo(x, self._encode(enc, mask, fixed), lambda z: functional_call(t.decoder, dec, (z,)), t.likelihood,
+                    t.n_samples, t.estimator, eps=eps)
+
+    @staticmethod
+    def _sums_of(terms) -> Tensor:
+        return torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum()]).detach()
+
+    def _loss(self, params: dict[str, Tensor], x: Tensor, eps: Tensor, mask: Tensor):
+        enc, dec = _split(params)
+        terms = self._terms(enc, dec, x, eps, mask)
+        return self.template.training_loss(terms, params.values()), self._sums_of(terms)
+
+    def _wake_loss(self, dec: dict[str, Tensor], enc: dict[str, Tensor], x: Tensor, eps: Tensor, mask: Tensor):
+        terms = self._terms(enc, dec, x, eps, mask, fixed=True)
+        return self.template.wake_loss(terms, dec.values()), self._sums_of(terms)
+
+    def _sleep_loss(self, enc: dict[str, Tensor], z: Tensor, x: Tensor, mask: Tensor):
+        mean, logvar = self._encode(enc, mask)(x)
+        logq = log_normal(z, mean, logvar, batch_dims=1)
+        # a padded unit adds log N(0; 0, 1) = -log(2 pi) / 2 to log q, a constant (no gradient): not counted
+        padded = (mask.numel() - mask.sum()) * 0.5 * LOG_2PI * x.shape[0]
+        return self.template.sleep_loss(logq, enc.values()), (logq.sum() + padded).detach()
 
     # -- the members' state in and out ----------------------------------------------------------------
     def _stack(self, tensors_of) -> list[Tensor]:
         out = []
         for i, shape in enumerate(self.shapes):
             t = torch.zeros((len(self.models), *shape), device=self.mask.device)
-            for k, m in enumerate(self.models):
+            for k in range(len(self.models)):
                 src = tensors_of(k)[i]
                 t[(k, *(slice(0, n) for n in src.shape))] = src.detach()
             out.append(t)
@@ -107,37 +139,81 @@ class PackedSteps:
         return [p for _, p in self.models[k].named_parameters()]
 
     def _sums(self, k: int) -> list[Tensor]:
-        opt = self.loops[k].base_step.optimizer
-        return [opt.state[p]["sum"] for p in self._params(k)]
+        state = {}
+        for u in self.loops[k].base_step.updaters:  # each parameter's Adagrad sum, in its own optimiser
+            state.update({p: u.optimizer.state[p]["sum"] for p in u.params})
+        return [state[p] for p in self._params(k)]
 
     # -- the steps -----------------------------------------------------------------------------------
     def run(self, rows: Tensor, data: Tensor, binarize: bool, generators: list[torch.Generator], stop_now) -> tuple[int, Tensor]:
-        """Steps with batch indices ``rows`` (K, n, B); returns (steps run, per-member sums of the ELBO,
-        reconstruction and KL terms over them, (K, 3)). ``stop_now()`` is asked after every step."""
-        params, sums = self._stack(self._params), self._stack(self._sums)
-        totals = torch.zeros(len(self.models), 3, device=data.device)
-        t, L = self.template, self.template.n_samples
-        lr = [self.lr.view(-1, *([1] * len(s))) for s in self.shapes]
+        """Steps with batch indices ``rows`` (K, n, B); returns (steps run, per-member running sums over
+        them, (K, 3) or (K, 4): ELBO, reconstruction, KL (and wake-sleep's log q(z|x) of the dreams)).
+        ``stop_now()`` is asked after every step."""
+        params = dict(zip(self.names, self._stack(self._params)))
+        sums = dict(zip(self.names, self._stack(self._sums)))
+        totals = torch.zeros(len(self.models), 4 if self.wake_sleep else 3, device=data.device)
+        lr = {n: self.lr.view(-1, *([1] * len(s))) for n, s in zip(self.names, self.shapes)}
         done = 0
         for step in range(rows.shape[1]):
-            xs, noise = [], []
-            for k, g in enumerate(generators):  # each member's draws, in its single run's order and shapes
-                x = data.index_select(0, rows[k, step])
-                if binarize:
-                    x = torch.bernoulli(x, generator=g)
-                xs.append(x)
-                e = torch.randn((L, x.shape[0], self.latent[k]), generator=g, device=x.device, dtype=x.dtype)
-                noise.append(torch.nn.functional.pad(e, (0, t.latent_dim - self.latent[k])))
-            grads, (_, terms) = self.grad_fn(dict(zip(self.names, params)), torch.stack(xs), torch.stack(noise), self.mask)
-            with torch.no_grad():
-                for p, s, g, r in zip(params, sums, (grads[n] for n in self.names), lr):
-                    s.addcmul_(g, g, value=1)  # Adagrad, as aevb.fast.adagrad: sum += g^2; p -= lr g / (sqrt(sum) + eps)
-                    p.sub_(r * g / s.sqrt().add_(self.eps))  # (lr g) / std: addcdiv's order
+            x, eps = self._draw_batches(rows[:, step], data, binarize, generators)
+            if self.wake_sleep:
+                enc, dec = _split(params)
+                grads, (_, terms) = self.wake_grad(dec, enc, x, eps, self.mask)
+                _adagrad(params, sums, grads, lr, self.eps, "decoder.")
+                enc, dec = _split(params)
+                z, xd = self._dreams(dec, x.shape[1], generators)
+                grads, (_, logq) = self.sleep_grad(enc, z, xd, self.mask)
+                _adagrad(params, sums, grads, lr, self.eps, "encoder.")
+                totals += torch.cat([terms, logq.unsqueeze(1)], dim=1)
+            else:
+                grads, (_, terms) = self.grad_fn(params, x, eps, self.mask)
+                _adagrad(params, sums, grads, lr, self.eps)
                 totals += terms
             done += 1
             if stop_now():
                 break
-        self._unstack(params, self._params)
-        self._unstack(sums, self._sums)
-        self.stacked_params, self.stacked_sums = params, sums  # padded, as the last step left them (tests)
+        self._unstack([params[n] for n in self.names], self._params)
+        self._unstack([sums[n] for n in self.names], self._sums)
+        self.stacked_params, self.stacked_sums = [params[n] for n in self.names], [sums[n] for n in self.names]  # (tests)
         return done, totals
+
+    def _draw_batches(self, rows: Tensor, data: Tensor, binarize: bool, generators) -> tuple[Tensor, Tensor]:
+        """Each member's batch and reparameterisation noise, drawn in its single run's order and shapes."""
+        t, xs, noise = self.template, [], []
+        for k, g in enumerate(generators):
+            x = data.index_select(0, rows[k])
+            if binarize:
+                x = torch.bernoulli(x, generator=g)
+            xs.append(x)
+            e = torch.randn((t.n_samples, x.shape[0], self.latent[k]), generator=g, device=x.device, dtype=x.dtype)
+            noise.append(torch.nn.functional.pad(e, (0, t.latent_dim - self.latent[k])))
+        return torch.stack(xs), torch.stack(noise)
+
+    @torch.no_grad()
+    def _dreams(self, dec: dict[str, Tensor], n: int, generators) -> tuple[Tensor, Tensor]:
+        """Each member's dreams: z ~ N(0, I) of its own size (padded with 0), x ~ p(x|z) from its decoder."""
+        t = self.template
+        z = torch.stack([torch.nn.functional.pad(
+            torch.randn((n, self.latent[k]), generator=g, device=self.mask.device), (0, t.latent_dim - self.latent[k]))
+            for k, g in enumerate(generators)])
+        out = self.decode(dec, z)
+        xd = torch.stack([t.likelihood.sample({key: v[k] for key, v in out.items()}, generator=g)
+                          for k, g in enumerate(generators)])
+        return z, xd
+
+
+def _split(params: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    enc = {k[len("encoder."):]: v for k, v in params.items() if k.startswith("encoder.")}
+    dec = {k[len("decoder."):]: v for k, v in params.items() if k.startswith("decoder.")}
+    return enc, dec
+
+
+@torch.no_grad()
+def _adagrad(params: dict, sums: dict, grads: dict, lr: dict, eps: float, prefix: str = "") -> None:
+    """Adagrad on the stacked tensors ``grads`` names (under ``prefix``: wake-sleep updates one network per
+    phase), as aevb.fast.adagrad: sum += g^2; p -= (lr g) / (sqrt(sum) + eps), in addcdiv's order."""
+    for name, g in grads.items():
+        name = prefix + name
+        s = sums[name]
+        s.addcmul_(g, g, value=1)
+        params[name].sub_(lr[name] * g / s.sqrt().add_(eps))
