@@ -175,3 +175,24 @@ def test_diverging_member_fails_alone(mirror, tmp_path):
     failed = json.loads((sweep / "1" / "failed.json").read_text())
     assert "diverged" in failed["error"]
     assert "1 failed" in (sweep / "results.md").read_text()
+
+
+def test_each_member_has_its_own_wandb_run(mirror, tmp_path):
+    """Members share a process but not a wandb run: each run folder holds its own offline run, with its own
+    config, name and final summary."""
+    import wandb_records
+
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "hydra/launcher=packed", "model.latent_dim=2,4", "max_samples=2000", "data.train_size=1000",
+                   "logger=wandb", "callbacks.progress_bar=null", f"hydra.sweep.dir={sweep}",
+                   env_extra={"AEVB_DATA_MIRROR": str(mirror), "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ids = set()
+    for job, latent in ((0, 2), (1, 4)):
+        (run,) = (sweep / str(job) / "wandb").glob("offline-run-*")
+        ids.add(run.name)
+        assert wandb_records.config(run)["model"]["latent_dim"] == latent
+        assert wandb_records.run_record(run).display_name.startswith(f"aevb Nz={latent}")
+        summary = json.loads((sweep / str(job) / "summary.json").read_text())
+        assert wandb_records.summary(run)["test/elbo"] == pytest.approx(summary["test/elbo"])
+    assert len(ids) == 2
