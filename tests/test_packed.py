@@ -196,3 +196,51 @@ def test_each_member_has_its_own_wandb_run(mirror, tmp_path):
         summary = json.loads((sweep / str(job) / "summary.json").read_text())
         assert wandb_records.summary(run)["test/elbo"] == pytest.approx(summary["test/elbo"])
     assert len(ids) == 2
+
+
+def test_stop_signal_checkpoints_every_member_and_each_resumes_as_a_single_run(mirror, tmp_path):
+    """SIGTERM to a pack's process: every member saves last.ckpt and status.json, the process ends as an
+    interrupted single job would (the sweep exits 1); a member then resumes alone from its own checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from helpers import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"AEVB_DATA_MIRROR": str(mirror), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
+    sweep = tmp_path / "sweep"
+    args = ["max_samples=300000", "data.train_size=1000", "logger=csv", "callbacks.progress_bar=null"]
+    exe = str(Path(sys.executable).with_name("aevb-train"))
+    launcher = subprocess.Popen([exe, "-m", "hydra/launcher=packed", "seed=0,1", *args, f"hydra.sweep.dir={sweep}"],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not all((sweep / j / "checkpoints" / "last.ckpt").exists() for j in "01"):  # both validated once
+            assert time.time() < deadline and launcher.poll() is None, "the pack did not start training"
+            time.sleep(1)
+        pack = subprocess.run(["pgrep", "-P", str(launcher.pid), "-f", "spawn_main"], capture_output=True,
+                              text=True).stdout.split()  # (not multiprocessing's resource tracker)
+        assert len(pack) == 1, pack
+        os.kill(int(pack[0]), signal.SIGTERM)
+        _, err = launcher.communicate(timeout=300)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 1, err[-2000:]
+    for job in "01":
+        status = json.loads((sweep / job / "status.json").read_text())
+        assert status["status"] == "interrupted" and status["signal"] == "SIGTERM"
+        assert 0 < status["samples_seen"] < 300000 and Path(status["checkpoint"]).is_file()
+        assert not (sweep / job / "summary.json").exists()
+
+    status = json.loads((sweep / "0" / "status.json").read_text())
+    again = run_cli("seed=0", *args, f"ckpt_path={status['checkpoint']}", f"hydra.run.dir={sweep / '0'}",
+                    env_extra={"AEVB_DATA_MIRROR": str(mirror), "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads((sweep / "0" / "summary.json").read_text())
+    assert summary["samples_seen"] == 300000 and summary["global_step"] == 3000
+    curve = _curve(sweep / "0" / "curve.csv")
+    assert [int(r["samples_seen"]) for r in curve] == sorted({int(r["samples_seen"]) for r in curve})

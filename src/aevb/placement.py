@@ -145,9 +145,13 @@ def _record_crash(launcher, overrides: Sequence[str], idx: int, gpu: str, exitco
 
     from aevb.atomic import write_json_atomic
 
+    job_dir = _job_dir(launcher, overrides, idx)
+    if (job_dir / "summary.json").is_file():  # a pack's member that finished before its process ended
+        ret = JobReturn(overrides=list(overrides), working_dir=str(job_dir), status=JobStatus.COMPLETED)
+        ret.return_value = None
+        return ret
     how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
     message = f"job process{f' on GPU {gpu}' if gpu is not None else ''} ended without a result ({how})"
-    job_dir = _job_dir(launcher, overrides, idx)
     job_dir.mkdir(parents=True, exist_ok=True)
     if not (job_dir / "failed.json").is_file():  # keep the job's own record of its failure, if it wrote one
         write_json_atomic(job_dir / "failed.json", {"status": "failed", "error": message})

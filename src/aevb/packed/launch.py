@@ -92,14 +92,18 @@ def run_pack(jobs, hydra_context, config, task_function, singleton_state) -> lis
     from hydra_plugins.hydra_joblib_launcher._core import execute_job
 
     from aevb.packed.coordinator import Pack, activated
-    from aevb.run_control import dispatch_to_threads
+    from aevb.run_control import RunInterrupted, dispatch_to_threads
 
     pack = Pack(len(jobs))
     results: list = [None] * len(jobs)
+    stops: list = []  # RunInterrupted of members stopped by a signal (each saved its checkpoint and status.json)
 
     def member(i: int, idx: int, overrides) -> None:
-        results[i] = pack.run_member(i, lambda: execute_job(idx, overrides, hydra_context, config, task_function,
-                                                            singleton_state))
+        try:
+            results[i] = pack.run_member(i, lambda: execute_job(idx, overrides, hydra_context, config, task_function,
+                                                                singleton_state))
+        except RunInterrupted as stop:
+            stops.append(stop)
 
     with activated(pack):
         dispatch_to_threads()  # stop signals reach every member's run
@@ -111,4 +115,8 @@ def run_pack(jobs, hydra_context, config, task_function, singleton_state) -> lis
             t.join()
     print(f"pack of {len(jobs)} jobs ({', '.join(str(idx) for idx, _ in jobs)}): {pack.packed_chunks} chunks of"
           f" steps run packed", flush=True)
+    if stops:  # as an interrupted single job: the process ends with 128 + the signal, the launcher records it
+        raise stops[0]
+    if any(r is None for r in results):  # a member's thread died outside its job (its error is printed above)
+        raise SystemExit(1)
     return results
