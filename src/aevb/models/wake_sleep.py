@@ -80,7 +80,7 @@ class WakeSleep(VAEModuleBase):
     @torch.no_grad()
     def dream(self, n: int) -> tuple[Tensor, Tensor]:
         """n pairs z ~ N(0, I), x ~ p(x|z) from the current decoder (binary images for a Bernoulli decoder)."""
-        z = torch.randn((n, *self.encoder.latent_shape), device=self.device)
+        z = torch.randn((n, *self.encoder.latent_shape), device=self.device, dtype=self.dtype)
         return z, self.likelihood.sample(self.decoder(z))
 
     def sleep_logq(self, z: Tensor, x: Tensor) -> Tensor:

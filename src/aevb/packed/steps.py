@@ -68,14 +68,14 @@ class PackedSteps:
         self.wake_sleep = hasattr(self.template, "wake_terms")
         self.names = [name for name, _ in self.template.named_parameters()]
         self.shapes = [p.shape for _, p in self.template.named_parameters()]
-        device = self.template.device
+        device, self.dtype = self.template.device, next(self.template.parameters()).dtype
         self.latent = [m.latent_dim for m in self.models]
-        self.mask = torch.zeros(len(loops), self.template.latent_dim, device=device)
+        self.mask = torch.zeros(len(loops), self.template.latent_dim, device=device, dtype=self.dtype)
         for k, n in enumerate(self.latent):
             self.mask[k, :n] = 1.0
         groups = [loop.base_step.updaters[0].optimizer.param_groups[0] for loop in loops]
         self.eps = float(groups[0]["eps"])
-        self.lr = torch.tensor([float(g["lr"]) for g in groups], device=device)
+        self.lr = torch.tensor([float(g["lr"]) for g in groups], device=device, dtype=self.dtype)
         if self.wake_sleep:
             self.wake_grad = vmap(grad_and_value(self._wake_loss, has_aux=True))
             self.sleep_grad = vmap(grad_and_value(self._sleep_loss, has_aux=True))
@@ -121,7 +121,7 @@ class PackedSteps:
     def _stack(self, tensors_of) -> list[Tensor]:
         out = []
         for i, shape in enumerate(self.shapes):
-            t = torch.zeros((len(self.models), *shape), device=self.mask.device)
+            t = torch.zeros((len(self.models), *shape), device=self.mask.device, dtype=self.dtype)
             for k in range(len(self.models)):
                 src = tensors_of(k)[i]
                 t[(k, *(slice(0, n) for n in src.shape))] = src.detach()
@@ -151,7 +151,7 @@ class PackedSteps:
         ``stop_now()`` is asked after every step."""
         params = dict(zip(self.names, self._stack(self._params)))
         sums = dict(zip(self.names, self._stack(self._sums)))
-        totals = torch.zeros(len(self.models), 4 if self.wake_sleep else 3, device=data.device)
+        totals = torch.zeros(len(self.models), 4 if self.wake_sleep else 3, device=data.device, dtype=self.dtype)
         lr = {n: self.lr.view(-1, *([1] * len(s))) for n, s in zip(self.names, self.shapes)}
         done = 0
         for step in range(rows.shape[1]):
@@ -194,7 +194,8 @@ class PackedSteps:
         """Each member's dreams: z ~ N(0, I) of its own size (padded with 0), x ~ p(x|z) from its decoder."""
         t = self.template
         z = torch.stack([torch.nn.functional.pad(
-            torch.randn((n, self.latent[k]), generator=g, device=self.mask.device), (0, t.latent_dim - self.latent[k]))
+            torch.randn((n, self.latent[k]), generator=g, device=self.mask.device, dtype=self.dtype),
+            (0, t.latent_dim - self.latent[k]))
             for k, g in enumerate(generators)])
         out = self.decode(dec, z)
         xd = torch.stack([t.likelihood.sample({key: v[k] for key, v in out.items()}, generator=g)
