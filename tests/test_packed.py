@@ -157,6 +157,7 @@ def test_packed_sweep_equals_single_runs(mirror, tmp_path, runs):
                    f"hydra.sweep.dir={sweep}", env_extra=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "pack of 4 jobs" in proc.stdout and " 0 chunks" not in proc.stdout
+    assert all(f"[job {j}] epoch" in proc.stdout for j in range(4)), "each member's report lines say whose they are"
     results = (sweep / "results.md").read_text()
     assert "4 jobs: 4 ok, 0 failed" in results
     for job in range(4):  # every member is a normal run folder

@@ -69,6 +69,17 @@ def running_train_elbo(trainer: L.Trainer, pl_module: L.LightningModule) -> tupl
     return (total / n, int(n)) if n > 0 else None
 
 
+def _pack_member() -> str:
+    """"[job N] " inside a packed sweep, whose members share one console (aevb.packed); else ""."""
+    from aevb.packed.coordinator import active_pack
+
+    if active_pack() is None:
+        return ""
+    from hydra.core.hydra_config import HydraConfig
+
+    return f"[job {HydraConfig.get().job.num}] "
+
+
 class ValidationReport(L.Callback):
     """One line per validation: epoch, step, training samples evaluated, the val ELBO just computed and the
     running training ELBO of the same epoch (nats per datapoint), each with its datapoint count."""
@@ -81,7 +92,7 @@ class ValidationReport(L.Callback):
         if not trainer.is_global_zero or m.get("val/elbo") is None:
             return
         n_val = f"{int(m['val/n_datapoints']):,}" if m.get("val/n_datapoints") is not None else "?"
-        line = (f"epoch {trainer.current_epoch:>3} step {trainer.global_step:>7,} |"
+        line = (f"{_pack_member()}epoch {trainer.current_epoch:>3} step {trainer.global_step:>7,} |"
                 f" {int(getattr(pl_module, 'samples_seen', 0)):>11,} training samples |"
                 f" val ELBO {float(m['val/elbo']):9.2f} nats/datapoint"
                 f" ({n_val} val images)")
