@@ -45,7 +45,11 @@ class _Member:
 
 
 class Pack:
-    def __init__(self, size: int):
+    """``pad_latents``: let members of different latent sizes share a program by exact padding: "auto" (on
+    CUDA, where the padded work is free next to the kernel launches it saves), True or False."""
+
+    def __init__(self, size: int, pad_latents: str | bool = "auto"):
+        self.pad_latents = pad_latents
         self.baton = threading.Lock()
         self.cond = threading.Condition()
         self.members = [_Member() for _ in range(size)]
@@ -91,7 +95,7 @@ class Pack:
         waiting = [m for m in self.members if m.state == "waiting"]
         if not waiting or any(m.state in ("starting", "running") for m in self.members):
             return
-        for group in _groups(waiting):
+        for group in _groups(waiting, self.pad_latents):
             try:
                 self._run_group(group)
             except Exception as exc:  # the members raise it in their own threads (their runs fail)
@@ -124,15 +128,18 @@ class Pack:
         self.packed_chunks += 1
 
 
-def _groups(waiting: list[_Member]) -> list[list[_Member]]:
+def _groups(waiting: list[_Member], pad_latents: str | bool = "auto") -> list[list[_Member]]:
     """Members whose chunks are the same steps, on the same data, with networks that fit one program."""
     groups: list[list[_Member]] = []
     for m in waiting:
+        pad = pad_latents is True or (pad_latents == "auto" and m.loop.data.device.type == "cuda")
         for g in groups:
             head = g[0]
             if (head.chunk == m.chunk and head.loop.data.shape == m.loop.data.shape
                     and head.loop.dm.binarize == m.loop.dm.binarize and _same_data(head.loop, m.loop)
-                    and type(head.loop.model) is type(m.loop.model) and can_share(head.loop.model, m.loop.model)):
+                    and type(head.loop.model) is type(m.loop.model)
+                    and (pad or head.loop.model.latent_dim == m.loop.model.latent_dim)
+                    and can_share(head.loop.model, m.loop.model)):
                 g.append(m)
                 break
         else:

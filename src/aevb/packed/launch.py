@@ -94,7 +94,7 @@ def run_pack(jobs, hydra_context, config, task_function, singleton_state) -> lis
     from aevb.packed.coordinator import Pack, activated
     from aevb.run_control import RunInterrupted, dispatch_to_threads
 
-    pack = Pack(len(jobs))
+    pack = Pack(len(jobs), pad_latents=config.hydra.launcher.get("pad_latents", "auto"))
     results: list = [None] * len(jobs)
     stops: list = []  # RunInterrupted of members stopped by a signal (each saved its checkpoint and status.json)
 

@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class PackedLauncher(Launcher):
-    def __init__(self, max_pack: int = 16, gpus: Any = None, packs_per_gpu: int = 1, cpu_parallel: int = 1) -> None:
+    def __init__(self, max_pack: int = 16, gpus: Any = None, packs_per_gpu: int = 1, cpu_parallel: int = 1,
+                 pad_latents: Any = "auto") -> None:
         self.max_pack, self.gpus, self.packs_per_gpu, self.cpu_parallel = max_pack, gpus, packs_per_gpu, cpu_parallel
+        self.pad_latents = pad_latents  # read by each pack's process from the config (aevb.packed.launch.run_pack)
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -43,6 +45,8 @@ class PackedLauncher(Launcher):
                 value = getattr(self, name)
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise ConfigError(f"hydra.launcher.{name} must be a positive integer, got {value!r}")
+            if self.pad_latents not in ("auto", True, False):
+                raise ConfigError(f"hydra.launcher.pad_latents must be auto, true or false, got {self.pad_latents!r}")
             gpus = visible_gpus(self.gpus)
         except ConfigError as exc:
             fail(prog, str(exc))
