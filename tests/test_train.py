@@ -90,10 +90,15 @@ def test_short_frey_face_run_improves_elbo(mirror, tmp_path):
     (["data=frey_face", "model.latent_dim=5", "max_samples=1000000"], 870.0),  # reference +911 .. +921
 ])
 def test_paper_fidelity_at_one_million_samples(args, floor, mirror, tmp_path):
-    proc = run_cli(*args, "logger=csv", "callbacks=none", f"hydra.run.dir={tmp_path}",
-                   env_extra={"AEVB_DATA_MIRROR": str(mirror)}, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "summary.json").read_text())["test/elbo"] > floor
+    """The mean test ELBO of seeds 0 and 1 clears the floor: single seeds spread several nats at 10^6 samples
+    (MNIST seed 0 -122.6, seed 1 -120.2), so one seed is not a measurement of the implementation."""
+    elbos = []
+    for seed in (0, 1):
+        proc = run_cli(*args, f"seed={seed}", "logger=csv", "callbacks=none", f"hydra.run.dir={tmp_path / str(seed)}",
+                       env_extra={"AEVB_DATA_MIRROR": str(mirror)}, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        elbos.append(json.loads((tmp_path / str(seed) / "summary.json").read_text())["test/elbo"])
+    assert sum(elbos) / 2 > floor, elbos
 
 
 def test_aevb_eval_estimates_log_px_above_the_elbo(mnist_run, tmp_path):
