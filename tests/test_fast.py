@@ -209,3 +209,14 @@ def test_gpu_trainer_without_a_gpu_is_one_clear_error(tmp_path):
 def test_bad_fast_settings_are_one_clear_error(tmp_path):
     proc = run_cli("fast.steps_per_call=0", f"hydra.run.dir={tmp_path}/run")
     assert_one_line_error(proc, "fast.steps_per_call must be a positive integer, got 0")
+
+
+def test_progress_bar_counts_steps_not_chunks(mirror, tmp_path):
+    """The fast path runs its steps in chunks; the bar still counts the epoch's steps (its last, partial epoch
+    here: 10 steps of 100, up to the 5,000-sample budget)."""
+    import re
+
+    proc = run_cli("max_samples=5000", "data.train_size=2000", "logger=csv", f"hydra.run.dir={tmp_path}",
+                   env_extra={"AEVB_DATA_MIRROR": str(mirror)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"Epoch 2\s+\S+ 10/10 ", proc.stdout), proc.stdout[-1500:]

@@ -140,6 +140,11 @@ class ProgressBar(RichProgressBar):
         self._elbo = None  # show the value the validation line just printed
         super().on_validation_end(trainer, pl_module)
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        chunk = getattr(getattr(pl_module, "fast_loop", None), "last_chunk", None)
+        # the fast path's "batch" is a chunk of steps: the bar counts steps of the epoch, as its total does
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, chunk.stop - 1 if chunk is not None else batch_idx)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._elbo = None  # the bar's last state shows the whole epoch's mean
         super().on_train_epoch_end(trainer, pl_module)
