@@ -225,3 +225,33 @@ def test_a_partial_evaluation_never_overwrites_a_full_one(reference, mirror, tmp
     whole = json.loads((run_dir / "eval_test_k10_seed0.json").read_text())
     first = json.loads((run_dir / "eval_test_k10_seed0_first50.json").read_text())
     assert whole["n_datapoints"] == 200 and first["n_datapoints"] == 50
+
+
+def test_a_stop_signal_before_training_starts_is_not_fatal(reference, mirror, tmp_path):
+    """SIGUSR1 (SLURM's time-limit warning) while the run is still being built: the run trains to its first step
+    boundary, checkpoints, writes status.json and exits 138; the resume ends exactly as the uninterrupted run."""
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"PYTHONWARNINGS": "ignore", **_env(mirror)})
+    exe = str(Path(sys.executable).with_name("aevb-train"))
+    proc = subprocess.Popen([exe, *BASE, f"hydra.run.dir={tmp_path}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # printed at the start of the run, before the data and the networks are built
+            if line.startswith("run folder:"):
+                proc.send_signal(signal.SIGUSR1)
+                break
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGUSR1, err[-3000:]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGUSR1" and status["step"] >= 1
+    assert Path(status["checkpoint"]).is_file() and not (tmp_path / "summary.json").exists()
+    again = _resume(tmp_path, mirror)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _final(tmp_path) == _final(reference)

@@ -30,9 +30,9 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from aevb.atomic import write_json_atomic
+from aevb.stop_signals import STOP_SIGNALS, take_early_stop
 
 STATUS_FILE = "status.json"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class RunInterrupted(SystemExit):
@@ -89,8 +89,6 @@ def requeue_slurm_job() -> str | None:
 
 
 _THREAD_STOPS: list = []  # GracefulStops of runs in threads other than the main one (packed sweeps)
-
-
 def dispatch_to_threads() -> None:
     """In the main thread: hand every stop signal to the runs of the other threads (a pack's members)."""
     def handler(signum, frame):
@@ -118,6 +116,10 @@ class GracefulStop(L.Callback):
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._make_handler(trainer, sig))
+        early = take_early_stop()
+        if early is not None:  # it came while the run was being built: stop at the first step boundary
+            self.received = early
+            trainer._signal_connector.received_sigterm = True
 
     def _make_handler(self, trainer: L.Trainer, sig: signal.Signals):
         previous = self._previous.get(sig)

@@ -15,6 +15,7 @@ from aevb.atomic import write_json_atomic
 from aevb.cli import CONF_DIR, check_values, fail, find_user_error, preflight
 from aevb.errors import AevbError, ConfigError
 from aevb.evaluation import REPORTED_SPLITS, UNITS
+from aevb.stop_signals import catch_early_stops
 from aevb.wandb_mode import register_resolver
 
 PROG = "aevb-train"
@@ -45,6 +46,7 @@ def print_report(summary: dict) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """One training run; returns the summary that is also written to summary.json."""
+    catch_early_stops()  # (a job process of a launcher starts here) a stop signal before training is not fatal
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
@@ -223,6 +225,7 @@ def _record_failure(exc: Exception) -> None:
 
 
 def main() -> None:
+    catch_early_stops()  # first thing: a stop signal while Python loads and builds is acted on at the first step
     from aevb.console import quiet_third_party
 
     quiet_third_party()
