@@ -55,8 +55,6 @@ class Step:
         self.model, self.data = model, data
         self.binarize, self.world = binarize, world
         self.updaters = self._updaters(model, optimizer)
-        self.optimizer = self.updaters[0].optimizer
-        self.params = self.updaters[0].params
         self.loss_fn = torch.compile(self._loss) if compile else self._loss
         # running sums of the ELBO, reconstruction and KL terms (and a method's own) since the last fold (nats)
         self.sums = torch.zeros(self.N_SUMS, device=data.device)
