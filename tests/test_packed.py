@@ -62,8 +62,13 @@ class _Data:
 def test_padded_latent_units_carry_no_signal_kl_or_gradient(mnist, method):
     """N_z = 2 packed with N_z = 6: the small member's steps equal its own single steps (same noise), its
     padded weights and their Adagrad sums stay exactly 0 (so no step ever gave them a gradient), and
-    its KL is its own units' KL (wake-sleep: also its dreams' log q(z|x))."""
-    data = mnist.splits["train"][:500]
+    its KL is its own units' KL (wake-sleep: also its dreams' log q(z|x)).
+
+    In float64, so that "equal" is exact up to rounding whatever the thread count: in float32 the batched
+    kernels (vmap's bmm) and the single run's mm block their sums differently, and differently again with
+    2 threads than with 1; Adagrad's first steps (lr * g / |g|) then turn that rounding in near-zero
+    gradients into visible steps (20 steps, float32: 7e-6 with 1 thread, 2.5e-5 with 2; float64: 1e-14)."""
+    data = mnist.splits["train"][:500].double()
     steps, batch = 20, 50
     rows = torch.stack([torch.randint(0, 500, (steps, batch), generator=torch.Generator().manual_seed(s))
                         for s in (0, 1)])
@@ -80,9 +85,9 @@ def test_padded_latent_units_carry_no_signal_kl_or_gradient(mnist, method):
     for r in rows[0]:
         alone.base_step(r)
     for (name, p), q in zip(alone.model.named_parameters(), small.model.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=f"{name}: packed N_z=2 member != single run")
+        torch.testing.assert_close(q, p, rtol=0, atol=1e-10, msg=f"{name}: packed N_z=2 member != single run")
     alone_sums = alone.base_step.sums  # ELBO, reconstruction, KL summed over the steps
-    torch.testing.assert_close(totals[0], alone_sums, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(totals[0].double(), alone_sums.double(), rtol=1e-6, atol=1e-3)  # float32 sums
     assert totals[0][2] > 0, "the small member's KL is its own units' (positive), nothing from padding"
 
     for name, shape, p, s in zip(packed.names, packed.shapes, packed.stacked_params, packed.stacked_sums):
@@ -92,8 +97,8 @@ def test_padded_latent_units_carry_no_signal_kl_or_gradient(mnist, method):
         pad = torch.ones(shape, dtype=torch.bool)
         pad[tuple(slice(0, k) for k in own)] = False
         assert pad.any()
-        assert torch.equal(p[0][pad], torch.zeros(int(pad.sum()))), f"{name}: padded weights moved"
-        assert torch.equal(s[0][pad], torch.zeros(int(pad.sum()))), f"{name}: padded weights got gradient"
+        assert bool((p[0][pad] == 0).all()), f"{name}: padded weights moved"
+        assert bool((s[0][pad] == 0).all()), f"{name}: padded weights got gradient"
     assert totals[1][2] > totals[0][2], "the bigger member's KL has its 6 units"
 
 
