@@ -34,8 +34,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# AEVB_STARTED_BY: an interrupted run prints its resume command as "make train ARGS=..."
 train: install  ## train the paper's MNIST model (N_z = 20, 10^6 samples); ARGS="..." for overrides
-	$(BIN)/aevb-train $(ARGS)
+	AEVB_STARTED_BY="make train" $(BIN)/aevb-train $(ARGS)
 
 test: install  ## run the tests (not the slow ones)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)

@@ -17,6 +17,11 @@ class SignalAt(L.Callback):
         self.step, self.sig, self.where = step, getattr(signal, sig), where
         self.sent = False
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a run resumed from at or past ``step`` (by a printed resume command that repeats this callback's
+        # overrides) has had its signal already
+        self.sent = trainer.global_step >= self.step
+
     def _maybe_send(self, trainer) -> None:
         if not self.sent and trainer.global_step >= self.step:
             self.sent = True

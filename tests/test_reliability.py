@@ -92,6 +92,56 @@ def test_sigterm_checkpoints_at_that_step_and_resumes_exactly(reference, mirror,
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "finished"
 
 
+def test_the_printed_resume_command_runs_as_printed_in_a_folder_with_a_space_and_non_ascii(reference, mirror, tmp_path):
+    """The resume line is pasted into a shell as it stands: the launcher by absolute path, every override quoted
+    for the shell and for Hydra's grammar, the data mirror carried; it ends exactly as the uninterrupted run."""
+    import subprocess
+
+    from aevb.run_control import hydra_value
+
+    run_dir = tmp_path / "run dir ü"
+    stopped = run_cli(*BASE, f"hydra.run.dir={hydra_value(str(run_dir))}", *_signal_at(17, "SIGTERM"),
+                      env_extra=_env(mirror))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    line = next(ln for ln in stopped.stderr.splitlines() if "Resume with: " in ln)
+    command = line.split("Resume with: ", 1)[1]
+    assert command.startswith(f"AEVB_DATA_MIRROR={mirror.absolute()} /"), command  # absolute aevb-train
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "AEVB_"))}
+    env.update(WANDB_MODE="offline", PYTHONWARNINGS="ignore", PYTHONPATH=_env(mirror)["PYTHONPATH"])
+    resumed = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {run_dir / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
+    assert _final(run_dir) == _final(reference)
+
+
+def test_a_run_started_by_make_train_prints_a_make_train_resume_command(tmp_path):
+    """Through make, the resume line is ``make train ARGS=...``; make's recipe hands aevb-train exactly the
+    run's overrides back (checked with ``make -n``, which prints the recipe without running it)."""
+    import shlex
+    import subprocess
+
+    from aevb.run_control import resume_command
+    from helpers import REPO
+
+    ckpt, run_dir = tmp_path / "run dir ü" / "checkpoints" / "last.ckpt", tmp_path / "run dir ü"
+    env = {k: v for k, v in os.environ.items() if k != "AEVB_DATA_MIRROR"}
+    old = os.environ.copy()
+    try:
+        os.environ.clear()
+        os.environ.update(env, AEVB_STARTED_BY="make train")
+        command = resume_command(ckpt, run_dir)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    assert command.startswith("make train ARGS="), command
+    dry = subprocess.run(["bash", "-c", command.replace("make train", "make -n train", 1)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    recipe = next(ln for ln in dry.stdout.splitlines() if "aevb-train" in ln)
+    assert shlex.split(recipe)[2:] == [f"ckpt_path='{ckpt}'", f"hydra.run.dir='{run_dir}'"]
+
+
 def test_ctrl_c_checkpoints_and_says_how_to_resume(mirror, tmp_path):
     stopped = _train(tmp_path, mirror, *_signal_at(12, "SIGINT"))
     assert stopped.returncode == 128 + signal.SIGINT

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -52,8 +53,26 @@ def read_status(run_dir: Path) -> dict:
         return {}
 
 
+STARTED_BY_ENV = "AEVB_STARTED_BY"  # "make train" when the Makefile started the run
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_./:@%+\-]*")  # characters Hydra's override grammar takes unquoted
+
+
+def hydra_value(value: str) -> str:
+    """``value`` as Hydra's override grammar reads it back unchanged: quoted (and escaped) unless plain ASCII."""
+    if _HYDRA_PLAIN.fullmatch(value):
+        return value
+    escaped = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, value).replace("'", "\\'")
+    return f"'{escaped}'"
+
+
 def resume_command(ckpt: Path, run_dir: Path) -> str:
-    """The aevb-train command line that resumes this run in its own folder."""
+    """The command that resumes this run in its own folder, to be pasted into a shell as printed: the way the
+    run was started (``make train ARGS=...`` or this environment's aevb-train by absolute path), the run's
+    own overrides, and the data mirror when it came from $AEVB_DATA_MIRROR."""
+    import sys
+
+    from aevb.data.sources import MIRROR_ENV
+
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -61,7 +80,16 @@ def resume_command(ckpt: Path, run_dir: Path) -> str:
                      if not o.startswith(("ckpt_path=", "hydra.run.dir=", "hydra/launcher=", "hydra.launcher."))]
     except ValueError:  # not inside a Hydra run
         overrides = []
-    return shlex.join(["aevb-train", *overrides, f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}"])
+    overrides += [f"ckpt_path={hydra_value(str(ckpt))}", f"hydra.run.dir={hydra_value(str(run_dir))}"]
+    args = shlex.join(overrides)
+    if os.environ.get(STARTED_BY_ENV) == "make train":
+        command = f"make train ARGS={shlex.quote(args.replace('$', '$$'))}"  # make expands $ in ARGS once
+    else:
+        script = Path(sys.executable).absolute().with_name("aevb-train")
+        launcher = [str(script)] if script.is_file() else [str(Path(sys.executable).absolute()), "-m", "aevb.train"]
+        command = f"{shlex.join(launcher)} {args}"
+    mirror = os.environ.get(MIRROR_ENV)
+    return f"{MIRROR_ENV}={shlex.quote(str(Path(mirror).absolute()))} {command}" if mirror else command
 
 
 def resume_after_requeue(run_dir: Path) -> Path | None:
