@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 from hydra.utils import get_object
@@ -108,3 +109,48 @@ def test_checksum_mismatch_through_the_cli(mirror, tmp_path):
     proc = run_cli("data=frey_face", "logger=csv", "callbacks=none", f"hydra.run.dir={tmp_path}/run",
                    env_extra={"AEVB_DATA_MIRROR": str(bad)})
     assert_one_line_error(proc, "checksum mismatch", "frey_rawface.mat", "5aeb024d42b8a6091f30e5eb18c8a48d")
+
+
+HEAVY = ("torch", "lightning", "wandb", "torchmetrics", "matplotlib")
+
+
+@pytest.mark.parametrize("override,fragment", [("data=imagenet", "unknown option 'imagenet'"),
+                                               ("model.latent_dim=0", "model.latent_dim must be a positive"),
+                                               ("model.latnt_dim=3", "unknown config key 'model.latnt_dim'")])
+def test_config_errors_are_answered_before_torch_lightning_or_wandb_load(override, fragment):
+    """Composing and checking the config needs Hydra and OmegaConf only: a typo is answered in a fraction of
+    the start-up of a run (the heavy imports alone take 8-27 s on the 2-core machine)."""
+    import subprocess
+    import sys
+
+    probe = ("import atexit, sys\n"
+             f"atexit.register(lambda: print('loaded:', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr))\n"
+             f"sys.argv = ['aevb-train', {override!r}]\n"
+             "from aevb.train import main\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("aevb-train: error: ")]
+    assert len(errors) == 1 and fragment in errors[0], proc.stderr
+    assert "loaded: []" in proc.stderr, proc.stderr
+
+
+def test_a_run_that_fails_before_training_leaves_no_run_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(f"data.mirror={tmp_path / 'nowhere'}", "logger=csv", f"hydra.run.dir={run_dir}")
+    assert_one_line_error(proc, "is not a folder", only_line=False)
+    assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())
+
+
+def test_plain_aevb_train_finds_shared_data_beside_the_clone_as_the_makefile_does(tmp_path, monkeypatch):
+    from aevb import cli
+
+    monkeypatch.setattr(cli, "CHECKOUT", tmp_path / "clone")
+    monkeypatch.delenv("AEVB_DATA_MIRROR", raising=False)
+    cli.use_shared_mirror()  # no ../shared/data/mnist beside the clone: nothing set
+    assert "AEVB_DATA_MIRROR" not in os.environ
+    (tmp_path / "shared" / "data" / "mnist").mkdir(parents=True)
+    cli.use_shared_mirror()
+    assert os.environ["AEVB_DATA_MIRROR"] == str(tmp_path / "shared" / "data")
+    monkeypatch.setenv("AEVB_DATA_MIRROR", "/elsewhere")
+    cli.use_shared_mirror()  # one the user set wins
+    assert os.environ["AEVB_DATA_MIRROR"] == "/elsewhere"

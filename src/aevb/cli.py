@@ -22,6 +22,18 @@ CONF_DIR = Path(os.environ.get("AEVB_CONF_DIR", Path(__file__).resolve().parents
 EXIT_USER_ERROR = 2
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]  # the clone aevb is installed from (editable install)
+MIRROR_ENV = "AEVB_DATA_MIRROR"  # (aevb.data.sources reads it; named here to keep this module light)
+
+
+def use_shared_mirror() -> None:
+    """The Makefile's rule, for aevb-train and aevb-eval run by hand: with $AEVB_DATA_MIRROR unset, a
+    ``../shared/data`` beside the clone that holds ``mnist/`` is the mirror (data.mirror= still wins)."""
+    shared = CHECKOUT.parent / "shared" / "data"
+    if not os.environ.get(MIRROR_ENV) and (shared / "mnist").is_dir():
+        os.environ[MIRROR_ENV] = str(shared)
+
+
 def fail(prog: str, message: str) -> NoReturn:
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)

@@ -1,53 +1,12 @@
-"""A quiet, useful console: aevb's own lines, a progress bar that says what matters, third-party noise off.
-
-Filtered: Lightning's informational tips and device lines (``GPU available``, the litlogger tip,
-``weights_only`` notes), deprecation and future warnings raised outside aevb, and a few warnings
-known not to apply here (in-memory data needs no loader workers; ``srun`` present but unused).
-Warnings of any other kind and every error still show. ``AEVB_VERBOSE=1`` turns the filter off.
-"""
+"""A useful console: aevb's own lines and a progress bar that says what matters (the filters that keep
+third-party noise off are in aevb.quiet, which needs no heavy import)."""
 
 from __future__ import annotations
-
-import logging
-import os
-import re
-import warnings
 
 import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 
-NOISE_LINES = re.compile(r"^(GPU|TPU|HPU|IPU) available|Tip:|^`Trainer\.(fit|test|validate)` stopped|"
-                         r"`weights_only` was not set|^LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES|"
-                         r"^You are using a CUDA device .* Tensor Cores")
-NOISE_WARNINGS = (r".*The `srun` command is available on your system but is not used",
-                  r".*does not have many workers",
-                  r".*is smaller than the logging interval",  # metrics here are per epoch / validation
-                  r".*`isinstance\(treespec, LeafSpec\)` is deprecated")
-LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
-                     "lightning.fabric.utilities.rank_zero", "lightning_utilities.core.rank_zero")
-
-
-class _DropNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.INFO or not NOISE_LINES.search(record.getMessage())
-
-
-_FILTER = _DropNoise()
-
-
-def quiet_third_party() -> None:
-    """Install the filters (idempotent; called by aevb-train in every process that trains)."""
-    if os.environ.get("AEVB_VERBOSE", "") not in ("", "0"):
-        return
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(?!aevb)")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(?!aevb)")
-    for message in NOISE_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-    for name in LIGHTNING_LOGGERS + ("",):
-        logger = logging.getLogger(name)
-        for target in (logger, *logger.handlers):  # a logger's filter sees its own records, a handler's all
-            if _FILTER not in target.filters:
-                target.addFilter(_FILTER)
+from aevb.quiet import quiet_third_party  # noqa: F401  (re-exported: the console's filters)
 
 
 def running_train_elbo(trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[float, int] | None:

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from aevb.cli import fail
+from aevb.cli import fail, use_shared_mirror
 from aevb.errors import AevbError, require
 
 PROG = "aevb-eval"
@@ -96,6 +96,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    use_shared_mirror()
     try:
         evaluate(args)
     except AevbError as exc:

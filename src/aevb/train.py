@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from aevb.atomic import write_json_atomic
-from aevb.cli import CONF_DIR, check_values, fail, find_user_error, preflight
+from aevb.cli import CONF_DIR, check_values, fail, find_user_error, preflight, use_shared_mirror
 from aevb.errors import AevbError, ConfigError
 from aevb.evaluation import REPORTED_SPLITS, UNITS
 from aevb.stop_signals import catch_early_stops
@@ -56,7 +56,7 @@ def run(cfg: DictConfig) -> dict:
 
     from aevb.building import build  # torch loads here: --help and config errors answer without it
     from aevb.checkpoints import best_checkpoint
-    from aevb.console import quiet_third_party
+    from aevb.quiet import quiet_third_party
     from aevb.dashboards import finish as finish_dashboards
     from aevb.dashboards import make_loggers
     from aevb.fast import enable_fast_path
@@ -201,6 +201,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except Exception as exc:  # in a sweep, one job's crash must not lose the others' results
         user_error = find_user_error(exc)
         if not _is_multirun():
+            _clean_up_failed_run(user_error or exc)
             if user_error is None:
                 raise
             fail(PROG, str(user_error))
@@ -210,6 +211,25 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         _record_failure(user_error or exc)
         return None
     return summary["val/elbo"]
+
+
+def _clean_up_failed_run(exc: BaseException) -> None:
+    """A single run that failed leaves no folder holding only Hydra's own files (it failed before doing
+    anything); a folder it did write into gets a status.json that says why, unless it has one already."""
+    import shutil
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from aevb.run_control import STATUS_FILE
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    if not out_dir.is_dir():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in out_dir.iterdir()):
+        shutil.rmtree(out_dir, ignore_errors=True)
+    elif not (out_dir / STATUS_FILE).exists():
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        write_json_atomic(out_dir / STATUS_FILE, {"status": "failed", "error": message})
 
 
 def _record_failure(exc: Exception) -> None:
@@ -226,10 +246,11 @@ def _record_failure(exc: Exception) -> None:
 
 def main() -> None:
     catch_early_stops()  # first thing: a stop signal while Python loads and builds is acted on at the first step
-    from aevb.console import quiet_third_party
+    from aevb.quiet import quiet_third_party
 
     quiet_third_party()
     register_resolver()
+    use_shared_mirror()
     try:
         preflight(sys.argv[1:])
     except AevbError as exc:
