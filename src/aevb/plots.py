@@ -3,6 +3,11 @@
 Figures 2 and 3 share one drawing: a panel per key (N_z, or the training-set size),
 a colour per model, train solid and test dashed, against training samples evaluated.
 Figure 5 puts several models' sample grids side by side.
+
+Figure 2's default y-range is ``fig2_ylim``: from the lowest *final* value of any curve to the
+highest value of all, each widened by a margin, so an early point far below (wake-sleep starts near
+-990 nats on MNIST at N_z = 20 and 200) does not squash the curves that matter. Points outside the
+y-range (that one, or ``--ylim``) are drawn at its edge as triangles and counted in the panel.
 """
 
 from __future__ import annotations
@@ -21,6 +26,59 @@ MODEL_COLOURS = {"AEVB": "tab:red", "WakeSleep": "tab:blue"}
 EXTRA_COLOURS = ("tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan")
 FIG2_TITLE = ("{dataset}: lower bound ({units}) vs training samples evaluated\n"
               "train = fixed training subset, n = {train_n}; test = test split, n = {test_n}")
+
+
+YLIM_MARGIN = 0.08  # of the span between the lowest final value and the highest value
+CLIPPED_GIDS = ("clipped below", "clipped above")  # gid of the edge markers: Artist.get_gid()
+
+
+def fig2_ylim(curves, margin: float = YLIM_MARGIN) -> tuple[float, float] | None:
+    """Figure 2's default y-range from curves (sequences of y values in training order).
+
+    lo = the lowest last finite value of any curve, hi = the highest finite value of all, each moved out
+    by ``margin`` times (hi - lo) (1 nat, or 5 % of |hi|, when that span is 0). Earlier points below
+    lo are left out of the range (``plot_fig2`` draws them clipped). None when no curve has a finite value.
+    """
+    finals, highs = [], []
+    for curve in curves:
+        y = np.asarray(curve, dtype=float).ravel()
+        y = y[np.isfinite(y)]
+        if len(y):
+            finals.append(y[-1])
+            highs.append(y.max())
+    if not finals:
+        return None
+    lo, hi = float(min(finals)), float(max(highs))
+    pad = margin * (hi - lo) if hi > lo else max(1.0, 0.05 * abs(hi))
+    return lo - pad, hi + pad
+
+
+def clipped_points(y, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks of the finite values of ``y`` below ``lo`` and above ``hi``."""
+    y = np.asarray(y, dtype=float)
+    finite = np.isfinite(y)
+    return finite & (y < lo), finite & (y > hi)
+
+
+def clipped_counts(fig) -> tuple[int, int]:
+    """(points drawn at the lower edge, points drawn at the upper edge) of a Figure from plot_fig2/plot_fig3."""
+    counts = dict.fromkeys(CLIPPED_GIDS, 0)
+    for ax in fig.axes:
+        for coll in ax.collections:
+            if coll.get_gid() in counts:
+                counts[coll.get_gid()] += len(coll.get_offsets())
+    return counts[CLIPPED_GIDS[0]], counts[CLIPPED_GIDS[1]]
+
+
+def _mark_clipped(ax, x, y, lo: float, hi: float, colour: str, filled: bool) -> tuple[int, int]:
+    """Triangles at the axis edge (v at lo, ^ at hi) where ``y`` leaves [lo, hi]; returns (n below, n above)."""
+    below, above = clipped_points(y, lo, hi)
+    x = np.asarray(x, dtype=float)
+    for mask, edge, marker, gid in ((below, lo, "v", CLIPPED_GIDS[0]), (above, hi, "^", CLIPPED_GIDS[1])):
+        if mask.any():
+            ax.scatter(x[mask], np.full(int(mask.sum()), edge), marker=marker, s=22, clip_on=False, zorder=3,
+                       facecolors=colour if filled else "none", edgecolors=colour, linewidths=1.0, gid=gid)
+    return int(below.sum()), int(above.sum())
 
 
 def _model_colours(models: list[str]) -> dict[str, str]:
@@ -58,15 +116,18 @@ def _save_png_pdf(fig, out: str | Path | None) -> None:
 
 def _plot_curve_panels(entries: list[tuple], *, train: str, test: str, panel_title, figsize, ylabel: str,
                        suptitle: str, dataset: str, counts: tuple[str, ...] = ("train_n", "test_n"),
-                       panel_order=None, ylim: tuple[float, float] | None = None, out: str | Path | None = None):
+                       panel_order=None, ylim: tuple[float, float] | None = None, auto_ylim=None,
+                       out: str | Path | None = None):
     """Figures 2 and 3: one panel per key, curve column ``train`` solid and ``test`` dashed, one colour per model.
 
     ``entries``: (panel key, Run, curve or None) triples; a curve is a ``_CurveTable`` with the
     columns ``train``, ``test`` and ``counts``. Panels are the keys in sorted order (``panel_order``:
     a sort key), each titled ``panel_title(key)``. ``ylabel`` and ``suptitle`` are format strings
     filled with ``dataset`` (its display name), ``units`` and each of ``counts`` (its distinct values,
-    e.g. "1,000/2,000"). With ``out`` the figure is saved as .png and .pdf (``_save_png_pdf``).
-    Returns the matplotlib Figure (one Axes per panel).
+    e.g. "1,000/2,000"). The y-range is ``ylim``, else ``auto_ylim(curves)`` (a list of every drawn
+    column, e.g. ``fig2_ylim``), else matplotlib's; points outside it are marked at its edge
+    (``_mark_clipped``) and counted in the panel. With ``out`` the figure is saved as .png and .pdf
+    (``_save_png_pdf``). Returns the matplotlib Figure (one Axes per panel).
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -75,22 +136,32 @@ def _plot_curve_panels(entries: list[tuple], *, train: str, test: str, panel_tit
     models = sorted({run.model or "unknown" for _, run, _ in entries}, key=lambda m: (m not in MODEL_COLOURS, m))
     colours = _model_colours(models)
 
+    drawn = [curve for _, _, curve in entries if curve is not None and len(curve)]
+    if ylim is None and auto_ylim is not None:
+        ylim = auto_ylim([getattr(c, column) for c in drawn for column in (train, test)])
     fig = Figure(figsize=figsize(len(panels)), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     seen: dict[str, list] = {c: [] for c in counts}
+    n_clipped = [0, 0]
     for ax, key in zip(axes, panels):
-        absent = []
+        notes, below, above = [], 0, 0
         for _, run, curve in sorted((e for e in entries if e[0] == key), key=lambda e: e[1].job_number):
             if curve is None or not len(curve):
-                absent.append(f"job {run.job}: " + ("failed" if run.status == "failed" else "no curve"))
+                notes.append(f"job {run.job}: " + ("failed" if run.status == "failed" else "no curve"))
                 continue
             colour = colours[run.model or "unknown"]
             for column, style in ((train, "-"), (test, "--")):
                 ax.plot(curve.samples_seen, getattr(curve, column), style, color=colour, lw=1.4, marker=".", ms=3)
+                if ylim is not None:
+                    b, a = _mark_clipped(ax, curve.samples_seen, getattr(curve, column), *ylim, colour, style == "-")
+                    below, above = below + b, above + a
             for c in counts:
                 seen[c].extend(getattr(curve, c).tolist())
-        if absent:
-            ax.text(0.03, 0.97, "\n".join(absent), transform=ax.transAxes, fontsize=7, color="0.3", va="top",
+        notes += [f"{k} point{'s' * (k != 1)} {where} the axis clipped ({mark} at its edge)"
+                  for k, where, mark in ((below, "below", "\u25bc"), (above, "above", "\u25b2")) if k]
+        n_clipped = [n_clipped[0] + below, n_clipped[1] + above]
+        if notes:
+            ax.text(0.03, 0.97, "\n".join(notes), transform=ax.transAxes, fontsize=7, color="0.3", va="top",
                     bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.85, "boxstyle": "round,pad=0.3"})
         ax.set_xscale("log")
         ax.set_title(panel_title(key))
@@ -106,7 +177,11 @@ def _plot_curve_panels(entries: list[tuple], *, train: str, test: str, panel_tit
     for m in models:
         handles.append(Line2D([], [], color=colours[m], ls="-", label=f"{model_label(m)} (train)"))
         handles.append(Line2D([], [], color=colours[m], ls="--", label=f"{model_label(m)} (test)"))
-    axes[0].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
+    for k, marker, where in zip(n_clipped, "v^", ("below", "above")):
+        if k:
+            handles.append(Line2D([], [], ls="none", marker=marker, color="0.3", markerfacecolor="0.3",
+                                  label=f"clipped: {where} the axis (filled train, open test)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 2 * len(panels)), fontsize=8)
     fig.suptitle(suptitle.format(**fields), fontsize=10)
     _save_png_pdf(fig, out)
     return fig
@@ -118,6 +193,8 @@ def plot_fig2(runs: list[Run], out: str | Path | None = None, dataset: str | Non
 
     ``runs`` come from ``collect_runs``; ``dataset`` picks one when the runs span several.
     With ``out`` (a path; its suffix is replaced) the figure is saved as .png and .pdf.
+    The y-range is ``ylim`` (lo, hi) when given, else ``fig2_ylim`` of the curves drawn; points below
+    it are drawn as triangles at its lower edge and counted in their panel (``clipped_counts``).
     Returns the matplotlib Figure (one Axes per N_z panel).
     """
     dataset = _pick_dataset({r.dataset for r in runs}, dataset, "plot_fig2")
@@ -127,7 +204,7 @@ def plot_fig2(runs: list[Run], out: str | Path | None = None, dataset: str | Non
     return _plot_curve_panels(
         [(r.latent_dim, r, r.curve) for r in mine], train="train_elbo", test="test_elbo",
         panel_title=lambda nz: f"N_z = {nz}", figsize=lambda k: (3.3 * k + 0.6, 3.9),
-        ylabel=Y_LABEL, suptitle=FIG2_TITLE, dataset=dataset, ylim=ylim, out=out)
+        ylabel=Y_LABEL, suptitle=FIG2_TITLE, dataset=dataset, ylim=ylim, auto_ylim=fig2_ylim, out=out)
 
 
 FIG3_Y_LABEL = "marginal log-likelihood log p(x),\nnats per datapoint (importance sampled, k = {k})"
