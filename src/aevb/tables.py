@@ -1,4 +1,9 @@
-"""Tables of a sweep: results.csv / results.md (final ELBOs, one row per job) and Figure 3's log p(x) table."""
+"""Tables of a sweep: results.csv / results.md (final ELBOs, one row per job) and Figure 3's log p(x) table.
+
+In the sweep folder the tables are results.csv / results.md and log_px.md; written anywhere else
+(e.g. one figures folder for every sweep) they carry the sweep folder's name, results_<sweep>.csv /
+.md and log_px_<sweep>.md (``table_stem``), so two sweeps drawn into one folder keep one table each.
+"""
 
 from __future__ import annotations
 
@@ -87,11 +92,27 @@ def results_markdown(runs: list[Run], title: str = "Sweep results") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(runs: list[Run], out_dir: str | Path, title: str = "Sweep results") -> tuple[Path, Path, str]:
-    """Write results.csv and results.md into out_dir; return (csv path, md path, Markdown text)."""
+def table_stem(sweep: str | Path, out_dir: str | Path, kind: str = "results") -> str:
+    """``kind`` in the sweep folder itself, ``<kind>_<sweep folder name>`` anywhere else."""
+    sweep, out_dir = Path(sweep).resolve(), Path(out_dir).resolve()
+    return kind if out_dir == sweep else f"{kind}_{sweep.name}"
+
+
+def table_source(md_path: str | Path) -> str | None:
+    """The sweep named in the title line ('# ...: <sweep>') of a table written here, or None."""
+    try:
+        first = Path(md_path).read_text().splitlines()[0]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+    return first.rpartition(": ")[2] if first.startswith("# ") and ": " in first else None
+
+
+def write_results(runs: list[Run], out_dir: str | Path, title: str = "Sweep results",
+                  stem: str = "results") -> tuple[Path, Path, str]:
+    """Write <stem>.csv and <stem>.md into out_dir; return (csv path, md path, Markdown text)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out_dir / "results.csv", out_dir / "results.md"
+    csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
     with csv_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(RESULT_COLUMNS))
         writer.writeheader()
@@ -99,6 +120,17 @@ def write_results(runs: list[Run], out_dir: str | Path, title: str = "Sweep resu
     text = results_markdown(runs, title)
     md_path.write_text(text)
     return csv_path, md_path, text
+
+
+def write_fig3_table(runs: list[Fig3Run], out_dir: str | Path, title: str, stem: str = "log_px") -> tuple[Path, str]:
+    """Write ``fig3_table`` under a '# title' line as <stem>.md into out_dir; return (path, table text)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = fig3_table(runs)
+    path = out_dir / f"{stem}.md"
+    path.write_text(f"# {title}\n\n{text}")
+    return path, text
+
 
 def fig3_table(runs: list[Fig3Run]) -> str:
     """The last point of each job's curve, in Markdown: estimated log p(x), nats per datapoint, with n and k."""
