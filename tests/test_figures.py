@@ -114,7 +114,9 @@ def test_fig2_out_dir(sweep: Path, tmp_path: Path, capsys, monkeypatch):
     monkeypatch.setattr(figures_cli, "plot_fig2", plot_fig2)
     out = tmp_path / "figs"
     figures_cli.main(["fig2", str(sweep), "--out", str(out), "--ylim", "-100", "1200"])
-    assert {p.name for p in out.iterdir()} == {"fig2_frey_face.png", "fig2_frey_face.pdf", "results.csv", "results.md"}
+    # outside the sweep folder the table is named after the sweep ("multirun")
+    assert {p.name for p in out.iterdir()} == {"fig2_frey_face.png", "fig2_frey_face.pdf",
+                                               "results_multirun.csv", "results_multirun.md"}
     assert len(drawn) == 1 and all(ax.get_ylim() == (-100.0, 1200.0) for ax in drawn[0].axes)  # --ylim took effect
     figures_cli.main(["fig2", str(sweep), "--out", str(tmp_path / "auto")])
     assert drawn[1].axes[0].get_ylim() != (-100.0, 1200.0)  # without it the data set the range
@@ -134,9 +136,135 @@ def test_plot_fig2_panels(sweep: Path):
         styles = sorted(line.get_linestyle() for line in ax.get_lines())
         assert styles == ["-", "-", "--", "--"]
         assert len({line.get_color() for line in ax.get_lines()}) == 2
-    labels = [t.get_text() for t in axes[0].get_legend().get_texts()]
-    assert labels == ["AEVB (train)", "AEVB (test)", "Wake-Sleep (train)", "Wake-Sleep (test)"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]  # one legend, below the panels
+    assert labels[:4] == ["AEVB (train)", "AEVB (test)", "Wake-Sleep (train)", "Wake-Sleep (test)"]
+    # the curves start at 0 and the lowest final value is 512.75: the early points are clipped and said so
+    assert labels[4:] == ["clipped: below the axis (filled train, open test)"]
     assert any("job 4: failed" in t.get_text() for t in axes[1].texts)
+    assert any("below the axis clipped" in t.get_text() for t in axes[0].texts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Figure 2's y-range: the curves that matter, not wake-sleep's first points
+# ---------------------------------------------------------------------------------------------
+SEEN = [round(10_000 * 10 ** (i / 4)) for i in range(13)]  # 1e4 .. 1e7
+
+
+def _rise(start: float, end: float) -> np.ndarray:
+    return start + (end - start) * np.linspace(0.0, 1.0, len(SEEN)) ** 0.3
+
+
+def _write_values(job_dir: Path, model: str, nz: int, dataset: str, test: np.ndarray) -> None:
+    """A finished job whose curve.csv has the given test ELBOs (train = test + 3) at SEEN."""
+    job_dir.mkdir(parents=True)
+    (job_dir / "summary.json").write_text(json.dumps({
+        "dataset": dataset, "latent_dim": nz, "model": model, "samples_seen": SEEN[-1], "test/elbo": float(test[-1]),
+        "train/n_datapoints": 1000, "test/n_datapoints": 10000, "units": "nats per datapoint"}))
+    (job_dir / "config_resolved.yaml").write_text(f"model:\n  _target_: aevb.models.{model}\n  latent_dim: {nz}\n")
+    rows = ["samples_seen,train_elbo,test_elbo,train_n,test_n"]
+    rows += [f"{s},{v + 3:.4f},{v:.4f},1000,10000" for s, v in zip(SEEN, test)]
+    (job_dir / "curve.csv").write_text("\n".join(rows) + "\n")
+
+
+MNIST_CURVES = [  # (model, N_z, test ELBO curve): wake-sleep starts near -990 at N_z = 20 and 200
+    ("AEVB", 3, _rise(-200, -130)), ("AEVB", 20, _rise(-540, -105)), ("AEVB", 200, _rise(-540, -100)),
+    ("WakeSleep", 3, _rise(-210, -150)), ("WakeSleep", 20, _rise(-990, -140)), ("WakeSleep", 200, _rise(-990, -152)),
+]
+
+
+def test_fig2_ylim_fits_the_final_values_not_the_first_points():
+    ws = np.linspace(-990.0, -150.0, 10)
+    aevb = np.linspace(-130.0, -100.0, 10)
+    lo, hi = plots.fig2_ylim([ws, aevb])
+    span = -100.0 - -150.0
+    assert lo == pytest.approx(-150.0 - plots.YLIM_MARGIN * span) and hi == pytest.approx(-100.0 + plots.YLIM_MARGIN * span)
+    assert -160 < lo < -150 and -100 < hi < -90  # not down to -990
+    below, above = plots.clipped_points(ws, lo, hi)
+    assert below.sum() == 9 and not below[-1] and not above.any()  # all but the last wake-sleep point
+    assert not any(m.any() for m in plots.clipped_points(aevb, lo, hi))
+    # Frey Face: positive values; the range starts at the lowest final value, not at the first points near 0
+    lo, hi = plots.fig2_ylim([np.linspace(0, 1600, 8), np.linspace(-300, 900, 8)])
+    assert lo == pytest.approx(900 - plots.YLIM_MARGIN * 700) and hi == pytest.approx(1600 + plots.YLIM_MARGIN * 700)
+    # non-finite values are ignored; a flat curve still gets a range; nothing finite: no opinion
+    assert plots.fig2_ylim([np.array([np.nan, -120.0, -110.0, np.inf])]) == pytest.approx((-115.5, -104.5))  # 5 % of 110
+    assert plots.fig2_ylim([[-100.0, -100.0]]) == pytest.approx((-105.0, -95.0))
+    assert plots.fig2_ylim([[np.nan], []]) is None
+
+
+def test_plot_fig2_default_range_clips_and_marks_the_early_points(tmp_path: Path):
+    root = tmp_path / "fig2_mnist"
+    for i, (model, nz, test) in enumerate(MNIST_CURVES):
+        _write_values(root / str(i), model, nz, "mnist", test)
+    runs = collect_runs(root)
+    fig = plots.plot_fig2(runs)
+    lo, hi = fig.axes[0].get_ylim()
+    expected = plots.fig2_ylim([c for _, _, t in MNIST_CURVES for c in (t + 3, t)])
+    assert (lo, hi) == pytest.approx(expected) and lo > -170 and hi < -90  # AEVB vs wake-sleep readable
+    assert all(ax.get_ylim() == (lo, hi) for ax in fig.axes)
+    n_below = sum(int((c < lo).sum()) for _, _, t in MNIST_CURVES for c in (t + 3, t))
+    assert n_below > 20 and plots.clipped_counts(fig) == (n_below, 0)
+    for ax in fig.axes:  # each clipped point is a triangle at the lower edge, and the panel counts them
+        marks = [c for c in ax.collections if c.get_gid() == "clipped below"]
+        k = sum(len(c.get_offsets()) for c in marks)
+        assert k and all(np.allclose(c.get_offsets()[:, 1], lo) for c in marks)
+        assert any(f"{k} points below the axis clipped" in t.get_text() for t in ax.texts), [t.get_text() for t in ax.texts]
+    assert "clipped: below the axis" in fig.legends[0].get_texts()[-1].get_text()
+
+    wide = plots.plot_fig2(runs, ylim=(-1000.0, -50.0))  # --ylim overrides the rule: nothing clipped
+    assert all(ax.get_ylim() == (-1000.0, -50.0) for ax in wide.axes) and plots.clipped_counts(wide) == (0, 0)
+    assert not any("clipped" in t.get_text() for t in wide.legends[0].get_texts())
+    narrow = plots.plot_fig2(runs, ylim=(-300.0, -120.0))  # and its outside points are marked on both edges
+    below, above = plots.clipped_counts(narrow)
+    assert above == sum(int((c > -120).sum()) for _, _, t in MNIST_CURVES for c in (t + 3, t)) > 0 and below > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# One table file per sweep
+# ---------------------------------------------------------------------------------------------
+def test_two_sweeps_into_one_folder_keep_one_table_each(tmp_path: Path, capsys):
+    for name, dataset, curves in (("fig2_mnist", "mnist", MNIST_CURVES[:2]),
+                                  ("fig2_frey", "frey_face", [("AEVB", 2, _rise(0, 1200)), ("WakeSleep", 2, _rise(0, 900))])):
+        for i, (model, nz, test) in enumerate(curves):
+            _write_values(tmp_path / "sweeps" / name / str(i), model, nz, dataset, test)
+    figs = tmp_path / "figures"
+    figures_cli.main(["fig2", str(tmp_path / "sweeps" / "fig2_mnist"), "--out", str(figs)])
+    figures_cli.main(["fig2", str(tmp_path / "sweeps" / "fig2_frey"), "--out", str(figs)])
+    out = capsys.readouterr()
+    assert {p.name for p in figs.iterdir()} == {
+        "results_fig2_mnist.csv", "results_fig2_mnist.md", "fig2_mnist.png", "fig2_mnist.pdf",
+        "results_fig2_frey.csv", "results_fig2_frey.md", "fig2_frey_face.png", "fig2_frey_face.pdf"}
+    mnist_md, frey_md = (figs / "results_fig2_mnist.md").read_text(), (figs / "results_fig2_frey.md").read_text()
+    assert "| mnist |" in mnist_md and "frey_face" not in mnist_md and "-105.00 (10,000)" in mnist_md
+    assert "| frey_face |" in frey_md and "| mnist |" not in frey_md and "1200.00 (10,000)" in frey_md
+    assert mnist_md.startswith(f"# Sweep results: {(tmp_path / 'sweeps' / 'fig2_mnist').resolve()}\n")
+    assert [r["dataset"] for r in csv.DictReader((figs / "results_fig2_frey.csv").open())] == ["frey_face"] * 2
+    assert str(figs / "results_fig2_mnist.md") in out.out and str(figs / "results_fig2_frey.md") in out.out
+    assert "y-axis" in out.out and "nats per datapoint" in out.out and "warning" not in out.err
+
+    # a second sweep of the same folder name drawn into the same folder: its table replaces the first, and it says so
+    for i, (model, nz, test) in enumerate(MNIST_CURVES[2:4]):
+        _write_values(tmp_path / "other" / "fig2_mnist" / str(i), model, nz, "mnist", test)
+    figures_cli.main(["fig2", str(tmp_path / "other" / "fig2_mnist"), "--out", str(figs)])
+    err = capsys.readouterr().err
+    assert "results_fig2_mnist.md held the table of another sweep" in err and str(tmp_path / "sweeps") in err
+
+    # in the sweep folder itself the table keeps the sweep report's name
+    figures_cli.main(["fig2", str(tmp_path / "sweeps" / "fig2_frey")])
+    assert (tmp_path / "sweeps" / "fig2_frey" / "results.md").is_file()
+    assert not list((tmp_path / "sweeps" / "fig2_frey").glob("results_*"))
+
+
+def test_fig3_table_file_per_sweep(tmp_path: Path, capsys):
+    from test_fig3 import _fake_job
+
+    for name, final in (("fig3_a", -140.0), ("fig3_b", -120.0)):
+        _fake_job(tmp_path / name / "0", "AEVB", 1000, final)
+        figures_cli.main(["fig3", str(tmp_path / name), "--out", str(tmp_path / "figs")])
+    a, b = (tmp_path / "figs" / "log_px_fig3_a.md").read_text(), (tmp_path / "figs" / "log_px_fig3_b.md").read_text()
+    assert "-140.01 (1,000)" in a and "-120.01 (1,000)" in b and "nats per datapoint" in a
+    assert str(tmp_path / "figs" / "log_px_fig3_b.md") in capsys.readouterr().out
+    figures_cli.main(["fig3", str(tmp_path / "fig3_a")])
+    assert "-140.01 (1,000)" in (tmp_path / "fig3_a" / "log_px.md").read_text()
 
 
 def test_job_without_curve_is_tabled_not_plotted(tmp_path: Path, capsys):
@@ -280,24 +408,31 @@ def test_image_grids_mnist(mnist):
     assert np.allclose(samples[28:56, 56:84], expected[6, 0].numpy(), atol=1e-6)
 
 
-def test_checkpoint_commands(frey_models, tmp_path, capsys):
+def _at_least_4x(png: Path, rows: int, cols: int) -> None:
+    """The picture holds a grid of rows x cols data pixels drawn 4 x 4 px each, plus its title and labels."""
     import matplotlib.image
 
+    height, width = matplotlib.image.imread(png).shape[:2]
+    assert width >= 4 * cols and height > 4 * rows, (png, width, height, rows, cols)
+
+
+def test_checkpoint_commands(frey_models, tmp_path, capsys):
     _, _, ckpt2 = frey_models[2]
     _, _, ckpt5 = frey_models[5]
     png = tmp_path / "manifold.png"
     figures_cli.main(["manifold", str(ckpt2), "--out", str(png), "--grid", "4"])
-    assert matplotlib.image.imread(png).shape[:2] == (4 * 28, 4 * 20)
-    assert "N_z = 2" in capsys.readouterr().out
+    _at_least_4x(png, 4 * 28, 4 * 20)
+    out = capsys.readouterr().out
+    assert "N_z = 2" in out and "the 80 x 112 image pixels drawn as 4 x 4 px each: 320 x 448 px" in out
 
     figures_cli.main(["manifold", str(ckpt2.parent.parent)])  # a run directory; default output next to it
-    assert matplotlib.image.imread(ckpt2.parent.parent / "manifold.png").shape[:2] == (20 * 28, 20 * 20)
+    _at_least_4x(ckpt2.parent.parent / "manifold.png", 20 * 28, 20 * 20)
 
     figures_cli.main(["samples", str(ckpt5), "--n", "6", "--out", str(tmp_path / "s.png")])
-    assert matplotlib.image.imread(tmp_path / "s.png").shape[:2] == (2 * 28, 3 * 20)
+    _at_least_4x(tmp_path / "s.png", 2 * 28, 3 * 20)
 
     figures_cli.main(["reconstructions", str(ckpt2), "--n", "7", "--out", str(tmp_path / "r.png")])
-    assert matplotlib.image.imread(tmp_path / "r.png").shape[:2] == (2 * 28, 7 * 20)
+    _at_least_4x(tmp_path / "r.png", 2 * 28, 7 * 20)
     assert "test split (n = 200 datapoints)" in capsys.readouterr().out
 
     figures_cli.main(["fig5", str(ckpt2), str(ckpt5), "--n", "16", "--out", str(tmp_path / "f5.png")])

@@ -4,15 +4,25 @@ Subcommands (``aevb-figures --help``):
 
 * ``fig2 SWEEP_DIR``: Figure 2, the lower bound per datapoint (train subset and
   test split) against training samples evaluated, one panel per N_z, AEVB vs
-  wake-sleep; plus ``results.csv`` / ``results.md`` with one row per job
-  (failed jobs included, with their error).
+  wake-sleep; plus the table of final ELBOs with one row per job (failed jobs
+  included, with their error): ``results.csv`` / ``results.md`` in the sweep
+  folder, ``results_<sweep folder name>.csv`` / ``.md`` in any other ``--out``
+  folder (aevb.tables.table_stem). The y-range is ``--ylim LO HI``, else from the
+  lowest final value to the highest value with margins (aevb.plots.fig2_ylim);
+  points below it are drawn at its lower edge as triangles and counted.
 * ``fig3 SWEEP_DIR``: Figure 3, the estimated marginal likelihood log p(x) per
   datapoint (importance sampled, encoder as proposal; train subset and test
   subset) against training samples evaluated, one panel per training-set size,
-  AEVB vs wake-sleep, from each job's ``marginal_curve.csv``.
-* ``manifold CKPT``: Figure 4, the learned 2-D manifold of an N_z = 2 model.
-* ``samples CKPT``: random samples z ~ N(0, I) decoded to mean images.
-* ``reconstructions CKPT``: test images (top row) and their reconstructions.
+  AEVB vs wake-sleep, from each job's ``marginal_curve.csv``; its table is
+  ``log_px.md`` in the sweep folder, ``log_px_<sweep folder name>.md`` elsewhere.
+* ``manifold CKPT``: Figure 4, the learned 2-D manifold of an N_z = 2 model,
+  with the grid's z values as ticks.
+* ``samples CKPT``: random samples z ~ N(0, I) decoded to mean images, titled.
+* ``reconstructions CKPT``: test images (top row, "data") and their
+  reconstructions (bottom row, "reconstruction").
+
+The three pictures are drawn at ``--scale`` (default 4) screen pixels per data pixel,
+nearest neighbour, with a title saying what they show (aevb.pictures.*_figure).
 * ``fig5 CKPT [CKPT ...]``: Figure 5, several models' samples side by side.
 
 The work lives in the library modules: aevb.runs (reading run folders), aevb.tables
@@ -28,17 +38,17 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from aevb.checkpoints import load_model, resolve_checkpoint, run_dir_of
 from aevb.cli import fail
 from aevb.errors import AevbError, require_positive_int
 from aevb.evaluation import UNITS
-from aevb.pictures import MANIFOLD_RANGE, latent_dim_of, manifold_grid, reconstruction_grid, sample_grid, save_image
-from aevb.plots import counts_label, plot_fig2, plot_fig3, plot_fig5
+from aevb.pictures import (MANIFOLD_RANGE, PIXEL_SCALE, latent_dim_of, manifold_figure, reconstructions_figure,
+                           sample_grid, samples_figure, save_picture)
+from aevb.plots import YLIM_MARGIN, clipped_counts, counts_label, plot_fig2, plot_fig3, plot_fig5
 from aevb.runs import Run, collect_fig3_runs, collect_runs, dataset_name
-from aevb.tables import fig3_table, write_results
+from aevb.tables import table_source, table_stem, write_fig3_table, write_results
 
 PROG = "aevb-figures"
 
@@ -71,8 +81,25 @@ def _describe(model, dm) -> str:
             f" {type(model).__name__} after {int(getattr(model, 'samples_seen', 0)):,} training samples")
 
 
-def _px(array: np.ndarray) -> str:
-    return f"{array.shape[0]}x{array.shape[1]} px"
+def _px(size: tuple[int, int]) -> str:
+    """(width, height) in pixels, said in that order."""
+    return f"{size[0]} x {size[1]} px (width x height)"
+
+
+def _write_picture(fig, out: Path, scale: int) -> str:
+    """save_picture, and how big the file and its image are, for the 'wrote' line."""
+    out, size, (left, top, right, bottom) = save_picture(fig, out)
+    h, w = fig.axes[0].images[0].get_array().shape[:2]
+    return (f"wrote {out} ({_px(size)}, with title and labels; the {w} x {h} image pixels drawn as"
+            f" {scale} x {scale} px each: {right - left} x {bottom - top} px)")
+
+
+def _check_table_owner(md_path: Path, sweep: Path) -> None:
+    """Warn when md_path holds the table of another sweep (same folder name, drawn into one --out folder)."""
+    owner = table_source(md_path) if md_path.is_file() else None
+    if owner and owner != str(sweep.resolve()):
+        print(f"{PROG}: warning: {md_path} held the table of another sweep ({owner}), now replaced; draw sweeps"
+              " whose folders share a name into different --out folders", file=sys.stderr)
 
 
 def _draw_per_dataset(number: int, datasets: list[str], out_dir: Path, draw) -> list[tuple[Path, str | None]]:
@@ -114,15 +141,29 @@ def cmd_fig2(args) -> None:
     sweep = Path(args.sweep_dir)
     runs = collect_runs(sweep)
     out_dir = Path(args.out) if args.out else sweep
-    csv_path, md_path, text = write_results(runs, out_dir, title=f"Sweep results: {sweep}")
+    stem = table_stem(sweep, out_dir)
+    _check_table_owner(out_dir / f"{stem}.md", sweep)
+    csv_path, md_path, text = write_results(runs, out_dir, title=f"Sweep results: {sweep.resolve()}", stem=stem)
     print(text)
     datasets = sorted({r.dataset for r in runs if r.dataset})
     ylim = tuple(args.ylim) if args.ylim else None
 
-    def draw(ds: str, stem: Path) -> None:
-        plot_fig2(runs, out=stem, dataset=ds, ylim=ylim)
+    def draw(ds: str, stem: Path) -> str:
+        fig = plot_fig2(runs, out=stem, dataset=ds, ylim=ylim)
+        mine = [r.curve for r in runs if r.dataset == ds and r.curve is not None and len(r.curve)]
+        lo, hi = fig.axes[0].get_ylim()
+        below, above = clipped_counts(fig)
+        rule = ("--ylim" if ylim else f"default: lowest final value to highest value, {YLIM_MARGIN:.0%} margins"
+                if mine else "matplotlib's")
+        clipped = ", ".join(f"{k} point(s) {where} it drawn as triangles at its {edge} edge" for k, where, edge in
+                            ((below, "below", "lower"), (above, "above", "upper")) if k)
+        return (f"Figure 2, {dataset_name(ds)}: lower bound in {UNITS} vs training samples evaluated, {len(mine)} runs'"
+                f" curves, panels {', '.join(ax.get_title() for ax in fig.axes)}; train n ="
+                f" {counts_label(n for c in mine for n in c.train_n)}, test n = {counts_label(n for c in mine for n in c.test_n)}"
+                f" datapoints; y-axis {lo:.1f} to {hi:.1f} {UNITS} ({rule})" + (f"; {clipped}" if clipped else ""))
 
-    written = [(csv_path, None), (md_path, None)] + _draw_per_dataset(2, datasets, out_dir, draw)
+    written = [(csv_path, f"final ELBOs of {len(runs)} jobs of {sweep}, {UNITS}"), (md_path, "the same, as Markdown")]
+    written += _draw_per_dataset(2, datasets, out_dir, draw)
     _warn_unfinished(runs, [r.job for r in runs if r.status == "ok" and r.curve is None],
                      "curve.csv", "in the table, not in the plot")
     if not datasets:
@@ -134,7 +175,10 @@ def cmd_fig3(args) -> None:
     sweep = Path(args.sweep_dir)
     runs = collect_fig3_runs(sweep)
     out_dir = Path(args.out) if args.out else sweep
-    print(fig3_table(runs))
+    md_path = out_dir / f"{table_stem(sweep, out_dir, 'log_px')}.md"
+    _check_table_owner(md_path, sweep)
+    md_path, text = write_fig3_table(runs, out_dir, f"Figure 3 table: {sweep.resolve()}", stem=md_path.stem)
+    print(text)
     ylim = tuple(args.ylim) if args.ylim else None
 
     def draw(ds: str, stem: Path) -> str:
@@ -147,6 +191,8 @@ def cmd_fig3(args) -> None:
                 f" k = {counts_label(k for r in mine for k in r.marginal.k)} importance samples")
 
     written = _draw_per_dataset(3, sorted({r.run.dataset for r in runs if r.run.dataset}), out_dir, draw)
+    written = ([(md_path, f"log p(x) at the last point of each of {len(runs)} jobs of {sweep}, {UNITS}")] + written
+               if written else [])
     _warn_unfinished([r.run for r in runs], [r.run.job for r in runs if r.marginal is None],
                      "marginal_curve.csv", "not in the plot")
     if not written:
@@ -158,19 +204,20 @@ def cmd_fig3(args) -> None:
 def cmd_manifold(args) -> None:
     ckpt = resolve_checkpoint(args.ckpt)
     model, dm, _ = _load(ckpt)
-    grid = manifold_grid(model, args.grid)
-    out = save_image(grid, _out_path(args.out, run_dir_of(ckpt) / "manifold.png"))
+    fig = manifold_figure(model, args.grid, getattr(dm, "name", None), scale=args.scale)
+    wrote = _write_picture(fig, _out_path(args.out, run_dir_of(ckpt) / "manifold.png"), args.scale)
     lo, hi = MANIFOLD_RANGE
-    print(f"wrote {out} ({_px(grid)}): Figure 4, learned manifold of {_describe(model, dm)}; {args.grid}x{args.grid}"
-          f" decoder means E[x|z] at z = inverse Gaussian CDF of a grid on [{lo}, {hi}]^2 (rows: z_1, columns: z_2)")
+    print(f"{wrote}: Figure 4, learned manifold of {_describe(model, dm)}; {args.grid} x {args.grid}"
+          f" decoder means E[x|z] at z = inverse Gaussian CDF of a grid on [{lo}, {hi}]^2 (rows: z_1, columns: z_2,"
+          " their values as ticks)")
 
 
 def cmd_samples(args) -> None:
     ckpt = resolve_checkpoint(args.ckpt)
     model, dm, _ = _load(ckpt)
-    grid = sample_grid(model, args.n, args.seed)
-    out = save_image(grid, _out_path(args.out, run_dir_of(ckpt) / "samples.png"))
-    print(f"wrote {out} ({_px(grid)}): {args.n} random samples of {_describe(model, dm)};"
+    fig = samples_figure(model, args.n, args.seed, getattr(dm, "name", None), scale=args.scale)
+    wrote = _write_picture(fig, _out_path(args.out, run_dir_of(ckpt) / "samples.png"), args.scale)
+    print(f"{wrote}: {args.n} random samples of {_describe(model, dm)};"
           f" decoder means E[x|z], z ~ N(0, I), seed {args.seed}")
 
 
@@ -181,11 +228,12 @@ def cmd_reconstructions(args) -> None:
     if test is None:
         dm.setup()
         test = dm.splits["test"]
-    grid = reconstruction_grid(model, test, args.n)
+    source = f"the test split (n = {len(test):,} datapoints)"
+    fig = reconstructions_figure(model, test, args.n, getattr(dm, "name", None), source=source, scale=args.scale)
     shown = min(args.n, len(test))
-    out = save_image(grid, _out_path(args.out, run_dir_of(ckpt) / "reconstructions.png"))
-    print(f"wrote {out} ({_px(grid)}): {_describe(model, dm)}; top: the first {shown} images of the test split"
-          f" (n = {len(test):,} datapoints), bottom: their reconstructions (decoder mean at the encoder mean)")
+    wrote = _write_picture(fig, _out_path(args.out, run_dir_of(ckpt) / "reconstructions.png"), args.scale)
+    print(f"{wrote}: {_describe(model, dm)}; top row (data): the first {shown} images of {source},"
+          " bottom row: their reconstructions (decoder mean at the encoder mean)")
 
 
 def cmd_fig5(args) -> None:
@@ -222,18 +270,23 @@ def build_parser() -> argparse.ArgumentParser:
         if target == "sweep":
             p.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a finished multirun directory (job folders 0/, 1/, ...)")
             p.add_argument("--out", metavar="DIR", help=out)
-            p.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"), help="y-axis range in nats per datapoint")
+            p.add_argument("--ylim", nargs=2, type=float, metavar=("LO", "HI"), help="y-axis range in nats per datapoint (fig2's default: from the lowest final value of any curve to the"
+                                " highest value, 8%% margins; points below are drawn at the edge)")
         else:
             p.add_argument("ckpt", metavar="CKPT", help="checkpoint, or a run directory with checkpoints/last.ckpt")
             p.add_argument("--out", metavar="FILE", help=out)
+            p.add_argument("--scale", type=int, default=PIXEL_SCALE,
+                           help=f"screen pixels per data pixel, each way (default: {PIXEL_SCALE})")
         p.set_defaults(func=func)
         return p
 
-    command("fig2", cmd_fig2, "Figure 2 (ELBO vs training samples, one panel per N_z) and results.csv/.md of a sweep",
-            "sweep", "where to write fig2_<dataset>.png/.pdf and results.csv/.md (default: SWEEP_DIR)")
+    command("fig2", cmd_fig2, "Figure 2 (ELBO vs training samples, one panel per N_z) and the results table of a sweep",
+            "sweep", "where to write fig2_<dataset>.png/.pdf and the table: results.csv/.md in SWEEP_DIR (the default),"
+            " results_<SWEEP_DIR's name>.csv/.md anywhere else")
     command("fig3", cmd_fig3, "Figure 3 (estimated log p(x) vs training samples, one panel per training-set size)"
             " of a sweep run with experiment=fig3_mnist",
-            "sweep", "where to write fig3_<dataset>.png/.pdf (default: SWEEP_DIR)")
+            "sweep", "where to write fig3_<dataset>.png/.pdf and the table: log_px.md in SWEEP_DIR (the default),"
+            " log_px_<SWEEP_DIR's name>.md anywhere else")
 
     p = command("manifold", cmd_manifold, "Figure 4: the learned 2-D manifold of an N_z = 2 model",
                 "ckpt", "image file (default: <run dir>/manifold.png)")
@@ -260,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        for name in ("grid", "n"):
+        for name in ("grid", "n", "scale"):
             if getattr(args, name, None) is not None:
                 require_positive_int(f"--{name}", getattr(args, name))
         args.func(args)
