@@ -70,9 +70,29 @@ def best_checkpoint(trainer, final_val_elbo: float) -> str | None:
         tmp = best.with_name(f".{best.name}.tmp")
         shutil.copyfile(last, tmp)
         os.replace(tmp, best)  # atomic, like every checkpoint aevb writes
-        how = "the final model" + ("" if score is None else f", better than every validation during fit ({score:.2f})")
-        return f"best.ckpt: {how}, val ELBO {final_val_elbo:.2f} nats per datapoint"
-    return f"best.ckpt: val ELBO {score:.2f} nats per datapoint (a validation during fit); last.ckpt: the final model"
+    return best_line(better, int(trainer.global_step), None if better else saved_step(best), final_val_elbo, score)
+
+
+def saved_step(ckpt: Path) -> int | None:
+    """The global step a checkpoint was saved at (read without loading its tensors), None if unreadable."""
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except Exception:
+        return None
+
+
+def best_line(better: bool, last_step: int, best_step: int | None, final_val_elbo: float,
+              score: float | None) -> str:
+    """The report's line on best.ckpt and last.ckpt (the final model, at ``last_step``); it says when they are
+    the same model. ``better``: the final model was copied to best.ckpt; else best.ckpt is the validation during
+    fit at ``best_step`` with val ELBO ``score`` (the same model as last.ckpt when that is ``last_step``: no
+    training step between that validation and the end)."""
+    if better or best_step == last_step:
+        return (f"best.ckpt: the final model, same as last.ckpt (step {last_step:,}),"
+                f" val ELBO {final_val_elbo:.2f} nats/datapoint")
+    if best_step is None:  # best.ckpt unreadable: its step unknown
+        return f"best.ckpt: a validation during fit, val ELBO {score:.2f} nats/datapoint; last.ckpt: the final model"
+    return f"best.ckpt: step {best_step:,}, val ELBO {score:.2f} nats/datapoint; last.ckpt: final model, step {last_step:,}"
 
 
 def resolve_checkpoint(arg: str | Path) -> Path:
