@@ -162,7 +162,7 @@ def test_packed_sweep_equals_single_runs(mirror, tmp_path, runs):
     proc = run_cli("-m", "hydra/launcher=packed", "seed=0,1", "model.latent_dim=3,5", *args, *pad,
                    f"hydra.sweep.dir={sweep}", env_extra=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "pack of 4 jobs" in proc.stdout and " 0 chunks" not in proc.stdout
+    assert "jobs 0-3 trained together in one process:" in proc.stdout and "none of their" not in proc.stdout
     assert all(f"[job {j}] epoch" in proc.stdout for j in range(4)), "each member's report lines say whose they are"
     results = (sweep / "results.md").read_text()
     assert "4 jobs: 4 ok, 0 failed" in results
@@ -202,7 +202,7 @@ def test_diverging_member_fails_alone(mirror, tmp_path):
                    "data.train_size=1000", "logger=csv", "callbacks.progress_bar=null", f"hydra.sweep.dir={sweep}",
                    env_extra=env, timeout=600)
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "pack of 2 jobs" in proc.stdout
+    assert "jobs 0, 1 trained together in one process:" in proc.stdout
     assert (sweep / "0" / "summary.json").is_file() and not (sweep / "1" / "summary.json").exists()
     failed = json.loads((sweep / "1" / "failed.json").read_text())
     assert "diverged" in failed["error"]
@@ -276,3 +276,31 @@ def test_stop_signal_checkpoints_every_member_and_each_resumes_as_a_single_run(m
     assert summary["samples_seen"] == 300000 and summary["global_step"] == 3000
     curve = _curve(sweep / "0" / "curve.csv")
     assert [int(r["samples_seen"]) for r in curve] == sorted({int(r["samples_seen"]) for r in curve})
+
+
+# -- what a pack says ----------------------------------------------------------------------------------------
+def test_pack_line_says_which_jobs_trained_together_in_plain_words():
+    from aevb.packed.launch import job_list, pack_line
+
+    assert job_list([3, 0, 1, 2]) == "0-3" and job_list([0, 1]) == "0, 1" and job_list([0, 2, 3, 4, 9]) == "0, 2-4, 9"
+    line = pack_line([0, 1, 2, 3], together=790, alone=10)
+    assert line == "jobs 0-3 trained together in one process: 790 of their 800 training steps ran side by side"
+    assert "none of their training steps" in pack_line([4, 5], together=0, alone=40)
+    many = pack_line(list(range(0, 32, 2)), together=3200, alone=0)  # 16 scattered jobs: wrapped, never wider
+    assert all(len(ln) <= 100 for ln in many.splitlines()) and "3,200 of their 3,200" in many
+    for jargon in ("pack of", "chunk", "packed"):
+        assert jargon not in line + many
+
+
+def test_pack_counts_the_steps_its_members_ran_side_by_side(mirror, tmp_path):
+    """Two members of one shape: after Adagrad's warm-up their steps run as one program; the pack's counts
+    (the steps of both runs, together and alone) add up to both runs' budgets."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "hydra/launcher=packed", "seed=0,1", "max_samples=5000", "data.train_size=1000",
+                   "logger=csv", "callbacks.progress_bar=null", f"hydra.sweep.dir={sweep}",
+                   env_extra={"AEVB_DATA_MIRROR": str(mirror), "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if "trained together" in ln]
+    assert line.startswith("jobs 0, 1 trained together in one process: ") and line.endswith(
+        " of their 100 training steps ran side by side"), line  # 2 runs x 50 steps
+    assert int(line.split(": ")[1].split(" of")[0]) > 0

@@ -54,7 +54,9 @@ class Pack:
         self.cond = threading.Condition()
         self.members = [_Member() for _ in range(size)]
         self.local = threading.local()
-        self.packed_chunks = 0  # chunks run by more than one member together (reported, tested)
+        self.packed_chunks = 0  # chunks run by more than one member together (tested)
+        self.steps_together = 0  # members' fast-path steps run side by side with another member's (reported)
+        self.steps_alone = 0  # members' fast-path steps run on their own (reported)
 
     # -- membership ----------------------------------------------------------------------------------
     def run_member(self, index: int, fn):
@@ -114,6 +116,7 @@ class Pack:
             for m in group:  # alone, inside the member's own random state
                 with _inside(m.saved):
                     m.result = m.loop.run_steps(m.chunk)
+                self.steps_alone += m.result
             return
         data = loops[0].data
         rows = torch.stack([loop.batches[chunk.start:chunk.stop] for loop in loops])
@@ -126,6 +129,7 @@ class Pack:
             m.loop.base_step.uncounted += n
             m.result = n
         self.packed_chunks += 1
+        self.steps_together += n * len(group)
 
 
 def _groups(waiting: list[_Member], pad_latents: str | bool = "auto") -> list[list[_Member]]:

@@ -113,10 +113,32 @@ def run_pack(jobs, hydra_context, config, task_function, singleton_state) -> lis
             t.start()
         for t in threads:
             t.join()
-    print(f"pack of {len(jobs)} jobs ({', '.join(str(idx) for idx, _ in jobs)}): {pack.packed_chunks} chunks of"
-          f" steps run packed", flush=True)
+    print(pack_line([idx for idx, _ in jobs], pack.steps_together, pack.steps_alone), flush=True)
     if stops:  # as an interrupted single job: the process ends with 128 + the signal, the launcher records it
         raise stops[0]
     if any(r is None for r in results):  # a member's thread died outside its job (its error is printed above)
         raise SystemExit(1)
     return results
+
+
+def job_list(ids: Sequence[int]) -> str:
+    """Job numbers with runs of three or more consecutive ones as ranges: [0, 1, 2, 3, 7, 8] -> "0-3, 7, 8"."""
+    runs: list[list[int]] = []
+    for i in sorted(ids):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
+
+
+def pack_line(ids: Sequence[int], together: int, alone: int) -> str:
+    """What a pack's process says when its jobs are done: which jobs trained together, and how many of their
+    training steps actually ran side by side (steps run at the same time as another job's, in one program)."""
+    import textwrap
+
+    total = together + alone
+    how = (f"{together:,} of their {total:,} training steps ran side by side" if together else
+           "none of their training steps could run side by side (each job ran its steps alone)")
+    return textwrap.fill(f"jobs {job_list(ids)} trained together in one process: {how}", width=100,
+                         subsequent_indent="  ")

@@ -52,6 +52,6 @@ class PackedLauncher(Launcher):
             fail(prog, str(exc))
         units, alone = plan_packs(job_configs(self, job_overrides, initial_job_idx), self.max_pack)
         for pos, reason in alone.items():
-            log.info(f"packed: job #{initial_job_idx + pos} runs alone ({reason})")
+            log.info(f"packed: job #{initial_job_idx + pos} trains alone, not together with other jobs ({reason})")
         slots, per_slot = (gpus, self.packs_per_gpu) if gpus else ([None], self.cpu_parallel)
         return launch_units(self, job_overrides, initial_job_idx, units, slots, per_slot, "packed")
