@@ -344,6 +344,8 @@ def main() -> None:
     ap.add_argument("--sweep-standard", action="store_true", help="also time the sweep on the standard loop")
     ap.add_argument("--pack-samples", type=int, default=50_000,
                     help="per job of the packed-against-one-at-a-time Figure 2 sweep; 0 skips it")
+    ap.add_argument("--fixed-cost-samples", type=int, default=2000,
+                    help="budget of the short runs that measure a run's fixed cost (bench_fixed_cost.py); 0 skips it")
     ap.add_argument("--out", default="logs/bench/bench.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -372,6 +374,10 @@ def main() -> None:
         result["sweeps"] = [sweep_wall_time(args, env, True)] + ([sweep_wall_time(args, env, False)] if args.sweep_standard else [])
     if args.pack_samples:
         result["packed_sweep"] = packed_sweep(args, env)
+    if args.fixed_cost_samples:
+        import bench_fixed_cost
+
+        result["fixed_cost"] = bench_fixed_cost.fixed_cost(timed, env, args.fixed_cost_samples)
     fast100 = next((r for r in result["rows"] if r["variant"] == "fast" and r["batch_size"] == 100), None)
     if fast100 and fast100["samples_per_s"] > 0:
         result["projection"] = {"samples": PAPER_FIG2_SAMPLES, "rate": fast100["samples_per_s"],
@@ -381,6 +387,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
+    if result.get("fixed_cost"):
+        import bench_fixed_cost
+
+        print("\n" + bench_fixed_cost.markdown(result["fixed_cost"]))
     print(f"\n(JSON: {out})")
 
 

@@ -19,17 +19,36 @@ from aevb.stop_signals import catch_early_stops
 from aevb.wandb_mode import register_resolver
 
 PROG = "aevb-train"
+_MAIN_STARTED = time.time()  # reset by main(): the phases of summary.json's timings_s count from there
+
+
+class Phases:
+    """Wall seconds of a run's phases (summary.json ``timings_s``), so the fixed cost of a run beside its
+    training can be measured (make bench) and read after any run."""
+
+    def __init__(self, start: float):
+        self.last, self.seconds = start, {}
+
+    def done(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self.last, 2)
+        self.last = now
 
 
 def final_evaluation(trainer, model, dm) -> dict:
-    """ELBO of the final model on a fixed train subset, val and test, in nats per datapoint."""
+    """ELBO of the final model on a fixed train subset, val and test, in nats per datapoint: one test pass over
+    the three splits' loaders (one Lightning evaluation loop, not three)."""
+    splits = list(REPORTED_SPLITS.items())
+    model.select_eval_splits([split for _, split in splits])
+    loaders = [dm.eval_dataloader(split, distributed=True) for _, split in splits]
+    results: dict = {}
+    for res in trainer.test(model, dataloaders=loaders, verbose=False):
+        results.update(res)
     out: dict = {}
-    for prefix, split in REPORTED_SPLITS.items():
-        model.select_eval_split(split)
-        res = trainer.test(model, dataloaders=dm.eval_dataloader(split, distributed=True), verbose=False)[0]
+    for prefix, _ in splits:
         for term in ("elbo", "recon", "kl"):
-            out[f"{prefix}/{term}"] = float(res[f"final/{prefix}/{term}"])
-        out[f"{prefix}/n_datapoints"] = int(res[f"final/{prefix}/n_datapoints"])  # what the loop saw, all ranks
+            out[f"{prefix}/{term}"] = float(results[f"final/{prefix}/{term}"])
+        out[f"{prefix}/n_datapoints"] = int(results[f"final/{prefix}/n_datapoints"])  # what the loop saw, all ranks
     model.select_eval_split("test")
     return out
 
@@ -47,6 +66,8 @@ def print_report(summary: dict) -> None:
 def run(cfg: DictConfig) -> dict:
     """One training run; returns the summary that is also written to summary.json."""
     catch_early_stops()  # (a job process of a launcher starts here) a stop signal before training is not fatal
+    phases = Phases(_MAIN_STARTED)
+    phases.done("start_up")  # interpreter, Hydra composition and pre-flight, up to this job
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
@@ -65,6 +86,7 @@ def run(cfg: DictConfig) -> dict:
     from aevb.resume import check_resumable
     from aevb.run_control import ContinueLogs, GracefulStop, RunInterrupted, resume_after_requeue, write_status
 
+    phases.done("imports")
     check_values(cfg)
     quiet_third_party()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -73,6 +95,8 @@ def run(cfg: DictConfig) -> dict:
     started = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm, model = build(cfg)
+    dm.setup()
+    phases.done("data_and_networks")
     ckpt_path = cfg.get("ckpt_path") or resume_after_requeue(out_dir)
     if ckpt_path:  # before anything in the run folder is written: a wrong checkpoint leaves it as it was
         check_resumable(ckpt_path, model)
@@ -97,6 +121,7 @@ def run(cfg: DictConfig) -> dict:
         print(f"budget: {int(cfg.max_samples):,} training samples = {trainer.max_steps:,} steps of {per_step}",
               flush=True)
     enable_fast_path(cfg.get("fast"), trainer, model, dm)
+    phases.done("loggers_and_trainer")
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     except RunInterrupted as stop:
@@ -104,12 +129,14 @@ def run(cfg: DictConfig) -> dict:
         raise stop
     except SIGTERMException:  # stopped before training started (no checkpoint to write yet)
         raise RunInterrupted(128 + 15) from None
+    phases.done("fit")
     model.check_finite("before the final evaluation")
     if trainer.checkpoint_callback is not None:
         # ModelCheckpoint saves at validation; the model the summary describes is the one after fit
         trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
 
     summary = final_evaluation(trainer, model, dm)
+    phases.done("final_evaluation")
     summary.update({
         "samples_seen": int(model.samples_seen),
         "units": UNITS,
@@ -134,6 +161,9 @@ def run(cfg: DictConfig) -> dict:
         if best:
             print(best, flush=True)
         finish_dashboards(loggers, model, dm, summary, model.run_config, trainer.global_step)
+        phases.done("reports_and_dashboards")
+        summary["timings_s"] = phases.seconds  # (written first without them: a failing dashboard loses nothing)
+        write_json_atomic(out_dir / "summary.json", summary)
     return summary
 
 
@@ -245,6 +275,8 @@ def _record_failure(exc: Exception) -> None:
 
 
 def main() -> None:
+    global _MAIN_STARTED
+    _MAIN_STARTED = time.time()
     catch_early_stops()  # first thing: a stop signal while Python loads and builds is acted on at the first step
     from aevb.quiet import quiet_third_party
 

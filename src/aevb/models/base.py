@@ -75,7 +75,8 @@ class VAEModuleBase(L.LightningModule):
             meter.persistent(True)  # a resumed run continues the epoch's running means
         self.counts = nn.ModuleDict({s: SumMetric() for s in SPLITS if s != "train"})  # datapoints really evaluated
         self.samples_seen = 0  # training datapoints evaluated, all ranks together (Figure 2's x-axis)
-        self.eval_split = "test"  # which meters test_step feeds; set through select_eval_split
+        self.eval_split = "test"  # which meters test_step feeds; set through select_eval_split(s)
+        self.eval_splits = ("test",)  # the split of each test dataloader, in order
         self.run_config = run_config
         self.divergence = DivergenceWatch()
         self._next_finite_check = FINITE_CHECK_EVERY
@@ -102,10 +103,12 @@ class VAEModuleBase(L.LightningModule):
         for name in TERMS:
             meter = self.meters[f"{split}_{name}"]
             meter.update(getattr(terms, name).detach())
-            self.log(metric_name(split, name, final), meter, on_step=False, on_epoch=True, batch_size=len(terms.elbo))
+            self.log(metric_name(split, name, final), meter, on_step=False, on_epoch=True, batch_size=len(terms.elbo),
+                     add_dataloader_idx=False)  # the names already say the split (one test pass scores three)
         if split in self.counts:
             self.counts[split].update(len(terms.elbo))
-            self.log(metric_name(split, "n_datapoints", final), self.counts[split], on_step=False, on_epoch=True)
+            self.log(metric_name(split, "n_datapoints", final), self.counts[split], on_step=False, on_epoch=True,
+                     add_dataloader_idx=False)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # one host sync every FINITE_CHECK_EVERY steps, not per step (the watch itself lives on the device);
@@ -141,11 +144,18 @@ class VAEModuleBase(L.LightningModule):
 
     def select_eval_split(self, split: str) -> None:
         """Which data split the next ``trainer.test`` scores (its metrics log under SPLITS[split])."""
-        require(split in SPLITS and split != "train", f"no evaluation split '{split}' (choose from: val, test, train_eval)")
-        self.eval_split = split
+        self.select_eval_splits([split])
 
-    def test_step(self, x: Tensor, batch_idx: int) -> None:
-        self.record(self.eval_split, self.elbo_terms(x), final=True)
+    def select_eval_splits(self, splits) -> None:
+        """The splits of the next ``trainer.test``'s dataloaders, in order: one pass scores them all."""
+        for split in splits:
+            require(split in SPLITS and split != "train",
+                    f"no evaluation split '{split}' (choose from: val, test, train_eval)")
+        self.eval_splits = tuple(splits)
+        self.eval_split = self.eval_splits[0]
+
+    def test_step(self, x: Tensor, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.record(self.eval_splits[dataloader_idx], self.elbo_terms(x), final=True)
 
     # -- generation ------------------------------------------------------------------------
     @torch.no_grad()
