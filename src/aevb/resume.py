@@ -12,24 +12,44 @@ import torch
 from aevb.errors import ConfigError
 
 
-def capture_rng() -> dict:
-    """Every random generator a training step draws from (torch CPU and CUDA, Python, NumPy)."""
+def _cuda_device(device) -> torch.device | None:
+    """The CUDA device whose generator a run draws from: ``device`` if it is one, else (None) the current one;
+    None when CUDA is not in use."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    if device is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+
+
+def capture_rng(device=None) -> dict:
+    """Every random generator a training step draws from: torch CPU, the training device's CUDA generator (not
+    every GPU's: a job pinned to one GPU may resume on a node with more), Python, NumPy."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     # tensors and plain Python values only: Lightning loads checkpoints with weights_only=True
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    cuda = _cuda_device(device)
+    if cuda is not None:
+        state["cuda_device"] = torch.cuda.get_rng_state(cuda)
     return state
 
 
-def restore_rng(state: dict) -> None:
+def restore_rng(state: dict, device=None) -> None:
+    """Restore ``capture_rng``'s state; the CUDA generator goes to the device this run trains on (under DDP each
+    rank's own device: every rank was seeded alike, so rank 0's saved state is every rank's)."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = _cuda_device(device)
+    if cuda is not None and "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"], cuda)
+    elif cuda is not None and "cuda" in state and len(state["cuda"]) > (cuda.index or 0):
+        torch.cuda.set_rng_state(state["cuda"][cuda.index or 0], cuda)  # written before: every GPU's state
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -172,14 +172,14 @@ class VAEModuleBase(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_finite("before writing a checkpoint")  # no checkpoint ever holds a diverged model
         checkpoint["samples_seen"] = self.samples_seen
-        checkpoint["aevb_rng"] = capture_rng()  # exact resume: the noise streams continue where they were
+        checkpoint["aevb_rng"] = capture_rng(self.device)  # exact resume: the noise streams continue
         if self.run_config is not None:
             checkpoint["aevb_config"] = self.run_config  # lets aevb-eval and the figures rebuild the model
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.samples_seen = int(checkpoint.get("samples_seen", 0))
         if "aevb_rng" in checkpoint and self._trainer is not None:  # resuming a fit, not loading for evaluation
-            restore_rng(checkpoint["aevb_rng"])
+            restore_rng(checkpoint["aevb_rng"], self.device)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
