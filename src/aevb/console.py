@@ -213,7 +213,7 @@ class ProgressBar(RichProgressBar):
         if not self.to_terminal:  # a log file: one line, as wide as every other line aevb prints
             console_kwargs = {"width": WIDTH, **(console_kwargs or {})}
         super().__init__(*args, console_kwargs=console_kwargs, **kwargs)
-        self.elbo_every, self._elbo, self._elbo_step = elbo_every, None, -1
+        self.elbo_every, self._elbo, self._elbo_step, self._elbo_epoch = elbo_every, None, -1, -1
         self.print_every_s = None if self.to_terminal else print_every_s
         self.pace, self.status, self._printed_at = Pace(), "", None
 
@@ -223,16 +223,19 @@ class ProgressBar(RichProgressBar):
         return [description, bar, steps, _status_column(self)]
 
     def _get_train_description(self, current_epoch: int) -> str:
-        max_epochs = self.trainer.max_epochs  # (validation bars are hidden here: no padding to their width)
-        return f"Epoch {current_epoch}" + (f"/{max_epochs - 1}" if max_epochs is not None and max_epochs > 0 else "")
+        max_epochs = self.trainer.max_epochs
+        text = f"Epoch {current_epoch}" + (f"/{max_epochs - 1}" if max_epochs is not None and max_epochs > 0 else "")
+        return f"{text:{len(self.validation_description)}}"  # as wide as the validation bar's: no flicker
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
-        step = trainer.global_step
-        if self._elbo is None or step - self._elbo_step >= self.elbo_every:
+        step, epoch = trainer.global_step, getattr(trainer, "current_epoch", 0)
+        # read again every elbo_every steps, and in a new epoch (the fast path's chunk may be a whole epoch)
+        if self._elbo is None or step - self._elbo_step >= self.elbo_every or epoch != self._elbo_epoch:
             meters = getattr(pl_module, "meters", None)
             if meters is not None and "train_elbo" in meters and float(meters["train_elbo"].weight) > 0:
                 meter = meters["train_elbo"]
-                self._elbo, self._elbo_step = float(meter.mean_value / meter.weight), step  # this rank's batches
+                self._elbo = float(meter.mean_value / meter.weight)  # this rank's batches
+                self._elbo_step, self._elbo_epoch = step, epoch
         samples = int(getattr(pl_module, "samples_seen", 0))
         self.status = status_text(samples, self.pace.rate(samples),
                                   self.pace.eta(samples, samples_left(trainer)), self._elbo)
@@ -262,8 +265,13 @@ class ProgressBar(RichProgressBar):
             self._printed_at = self.pace.clock()
             total = self.train_progress_bar.total if self.train_progress_bar_id is not None else None
             of = f"/{int(total):,}" if total is not None and 0 < total < float("inf") else ""
-            print(fit(f"{self._get_train_description(trainer.current_epoch)} step {step_idx + 1:,}{of}"
+            print(fit(f"{self._get_train_description(trainer.current_epoch).rstrip()} step {step_idx + 1:,}{of}"
                       f"  {self.status}", self.status), flush=True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._elbo = None  # no mean of this epoch before its first step (not the last epoch's)
+        self._update_metrics(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._elbo = None  # the bar's last state shows the whole epoch's mean
