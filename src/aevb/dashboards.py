@@ -149,7 +149,7 @@ def _finish_wandb(lg, images: dict, summary: dict, step: int) -> None:
     url = None if offline else run.url
     run.finish()
     if offline:
-        print(f"wandb: offline run saved in {run_dir}; upload it with `wandb sync {run_dir}`", flush=True)
+        print(f"wandb: offline run saved; upload it with:\n  wandb sync {run_dir}", flush=True)  # (paths are long)
     elif url:
         print(f"wandb: {url}", flush=True)
 

@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import WandbLogger as _WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from aevb.packed.coordinator import active_pack
+from aevb.wandb_mode import setup_wandb, wait_for_prestart
 
 # metric families drawn against samples_seen in wandb (every family this project logs)
 SAMPLES_AXIS_GLOBS = ("train/*", "val/*", "curve/*", "marginal/*", "final/*", "images/*")
@@ -33,11 +34,8 @@ class WandbLogger(_WandbLogger):
     def experiment(self):
         new = self._experiment is None
         if new and os.environ.get("AEVB_VERBOSE", "") in ("", "0"):
-            import wandb
-
-            if self._offline:
-                os.environ["WANDB_MODE"] = "dryrun"  # as Lightning would, before the global settings are made
-            wandb.setup(settings=wandb.Settings(show_info=False))  # info lines off; warnings and errors stay
+            wait_for_prestart()  # (aevb.train may have started the set-up in the background)
+            setup_wandb(self._offline)  # info lines off; warnings and errors stay
         if new and active_pack() is not None:  # several runs in this process (a packed sweep): one wandb run each
             self._wandb_init.setdefault("reinit", "create_new")
         run = super().experiment

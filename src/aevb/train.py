@@ -16,6 +16,7 @@ from aevb.cli import CONF_DIR, check_values, fail, find_user_error, preflight, u
 from aevb.errors import AevbError, ConfigError
 from aevb.evaluation import REPORTED_SPLITS, UNITS
 from aevb.stop_signals import catch_early_stops
+from aevb.wandb_mode import prestart as prestart_wandb
 from aevb.wandb_mode import register_resolver
 
 PROG = "aevb-train"
@@ -57,8 +58,8 @@ def print_report(summary: dict) -> None:
     print(f"\nFinal ELBO ({UNITS}; {summary['dataset']}, N_z = {summary['latent_dim']},"
           f" after {summary['samples_seen']:,} training samples evaluated):")
     for prefix, label in (("train", "train (fixed subset)"), ("val", "val"), ("test", "test")):
-        print(f"  {label:<22} ELBO {summary[prefix + '/elbo']:10.2f}   reconstruction {summary[prefix + '/recon']:10.2f}"
-              f"   KL {summary[prefix + '/kl']:8.2f}   ({summary[prefix + '/n_datapoints']:,} datapoints)")
+        print(f"  {label:<20} ELBO {summary[prefix + '/elbo']:9.2f}  reconstruction {summary[prefix + '/recon']:9.2f}"
+              f"  KL {summary[prefix + '/kl']:7.2f}  ({summary[prefix + '/n_datapoints']:,} datapoints)")
     print(f"test ELBO: {summary['test/elbo']:.2f} {UNITS} ({summary['dataset']} test split,"
           f" {summary['test/n_datapoints']:,} datapoints)", flush=True)
 
@@ -68,6 +69,7 @@ def run(cfg: DictConfig) -> dict:
     catch_early_stops()  # (a job process of a launcher starts here) a stop signal before training is not fatal
     phases = Phases(_MAIN_STARTED)
     phases.done("start_up")  # interpreter, Hydra composition and pre-flight, up to this job
+    prestart_wandb(cfg.get("logger"))  # wandb's import and service start overlap the imports below
     import lightning as L
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
