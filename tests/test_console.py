@@ -139,6 +139,7 @@ def test_every_line_of_a_small_run_fits_100_columns(mirror, tmp_path):
     out = proc.stdout
     assert "ELBO in nats/datapoint; train = running mean over this epoch so far" in out
     assert "it/s" not in out and "(running mean)" not in out
+    assert "weights_only" not in proc.stderr, proc.stderr  # Lightning's info lines stay filtered
     # the bar (and its plain lines, stdout being no terminal): samples, samples/s and an ETA, on one line each
     status = [ln for ln in lines if re.search(r"\d samples  \S+ samples/s  ETA \d+:\d\d:\d\d", ln)]
     assert status and all(ln.startswith("Epoch ") for ln in status), status

@@ -20,7 +20,7 @@ NOISE_WARNINGS = (r".*The `srun` command is available on your system but is not 
                   r".*does not have many workers",
                   r".*is smaller than the logging interval",  # metrics here are per epoch / validation
                   r".*`isinstance\(treespec, LeafSpec\)` is deprecated")
-LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero",
                      "lightning.fabric.utilities.rank_zero", "lightning_utilities.core.rank_zero")
 
 

@@ -123,6 +123,7 @@ def run(cfg: DictConfig) -> dict:
         print(f"budget: {int(cfg.max_samples):,} training samples = {trainer.max_steps:,} steps of {per_step}",
               flush=True)
     enable_fast_path(cfg.get("fast"), trainer, model, dm)
+    quiet_third_party()  # again: Lightning adds its handlers at import and when the trainer is made
     phases.done("loggers_and_trainer")
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
