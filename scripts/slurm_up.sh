@@ -74,6 +74,7 @@ SchedulerParameters=sched_interval=5,bf_interval=5
 JobRequeue=1
 ReturnToService=2
 KillWait=30
+MinJobAge=3600
 StateSaveLocation=$STATE_DIR/ctld
 SlurmdSpoolDir=$STATE_DIR/d
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid

@@ -182,8 +182,20 @@ def interrupted_sweep(slurm, mirror, tmp_path_factory):
     return root, outputs, jobs
 
 
-def _slurm_job(job_id: str) -> str:
-    return subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+SETTLED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL")
+
+
+def _slurm_job(job_id: str, timeout: float = 120) -> dict:
+    """SLURM's own record of a job once it has settled. A sweep can end before its last job has: submitit
+    reads a job's result file, which the job writes before its process exits (the record still says RUNNING
+    or COMPLETING then), so the record is polled until its state is a final one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+        record = dict(field.split("=", 1) for field in out.split() if "=" in field)
+        if record.get("JobState") in SETTLED or time.monotonic() > deadline:
+            return record
+        time.sleep(1)
 
 
 def _assert_resumed_from(root: Path, sweep: str, num: int, step: int, reruns_ok: bool = False) -> None:
@@ -195,8 +207,9 @@ def _assert_resumed_from(root: Path, sweep: str, num: int, step: int, reruns_ok:
     assert f"resuming from {run_dir.resolve() / 'checkpoints' / 'last.ckpt'}" in _job_log(root / sweep, num, "out")
     assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
     assert _final(run_dir) == _final(root / "main" / "0")  # exactly the uninterrupted job's result
-    slurm_record = _slurm_job(_job_id(run_dir))  # SLURM's own account of the job: requeued, then completed
-    assert f"Restarts={len(attempts) - 1}" in slurm_record and "JobState=COMPLETED" in slurm_record
+    record = _slurm_job(_job_id(run_dir))  # SLURM's own account of the job: requeued, then completed
+    assert (record.get("JobState"), record.get("Restarts")) == ("COMPLETED", str(len(attempts) - 1)), (
+        {k: record.get(k) for k in ("JobState", "Reason", "Restarts", "RunTime", "TimeLimit")}, attempts)
 
 
 def _job_id(run_dir: Path) -> str:
