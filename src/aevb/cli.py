@@ -97,6 +97,8 @@ def check_values(cfg: DictConfig) -> None:
     require(isinstance(steps, int) and not isinstance(steps, bool) and steps > 0,
             f"fast.steps_per_call must be a positive integer, got {steps}")
     require(compile in ("auto", "true", "false"), f"fast.compile must be one of auto, true, false, got '{compile}'")
+    for key in ("cuda_graph", "self_check"):
+        require(isinstance(fast.get(key, True), bool), f"fast.{key} must be true or false, got {fast.get(key)!r}")
 
 
 def check_accelerator(trainer_cfg) -> None:

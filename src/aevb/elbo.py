@@ -101,3 +101,8 @@ def elbo(
     else:
         kl = (log_normal(z, mean, logvar, batch_dims=2) - log_standard_normal(z, batch_dims=2)).mean(0)
     return ElboTerms(elbo=recon - kl, recon=recon, kl=kl)
+
+
+def weight_penalty(params, n_train: int) -> Tensor:
+    """-log N(theta; 0, I) / N_train, up to a constant: the MAP weight prior of the paper, per datapoint."""
+    return 0.5 * sum(p.pow(2).sum() for p in params) / n_train

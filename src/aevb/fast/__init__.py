@@ -41,7 +41,8 @@ def enable_fast_path(cfg, trainer, model, dm) -> FastLoop | None:
         print(f"training loop: standard ({reason})", flush=True)
         return None
     loop = FastLoop(model, dm, steps_per_call=steps, compile=compile, cuda_graph=cfg.get("cuda_graph", True),
-                    val_check_interval=trainer.val_check_interval, val_global=trainer.check_val_every_n_epoch is None)
+                    val_check_interval=trainer.val_check_interval, val_global=trainer.check_val_every_n_epoch is None,
+                    self_check=cfg.get("self_check", True))
     trainer.val_check_interval = 1.0  # Lightning counts chunks, not steps: the loop decides validation itself
     epoch_loop = trainer.fit_loop.epoch_loop
     epoch_loop._should_check_val_fx = MethodType(lambda el, _fetcher: loop.should_validate(el), epoch_loop)

@@ -16,16 +16,18 @@ import math
 from torch import Tensor
 
 from aevb.fast.plan import Chunk, ResidentBatches, StopPoints, epoch_batches
+from aevb.fast.self_check import CHECK_STEPS, self_check
 from aevb.fast.step import GraphedStep, Step, WakeSleepStep
 from aevb.models.base import TERMS, metric_name
 
 
 class FastLoop:
     def __init__(self, model, dm, steps_per_call: int = 100, compile: str | bool = "auto",
-                 cuda_graph: bool = True, val_check_interval=1.0, val_global: bool = False):
+                 cuda_graph: bool = True, val_check_interval=1.0, val_global: bool = False, self_check: bool = True):
         self.model, self.dm = model, dm
         self.steps_per_call = int(steps_per_call)
         self.compile, self.cuda_graph = compile, bool(cuda_graph)
+        self.self_check, self.check_pending = bool(self_check), False
         self.val_check_interval, self.val_global = val_check_interval, val_global
         self.step: Step | GraphedStep | None = None
         self.data: Tensor | None = None
@@ -94,9 +96,22 @@ class FastLoop:
         self.model.count_samples(n * self.dm.batch_size)
         self._fold_metrics(base.sums, n * self.dm.batch_size)
 
-    def ensure_step(self) -> None:
+    def ensure_step(self, rows: Tensor | None = None) -> None:
+        """Build the step (once); with ``rows`` (the next batches' indices), check a compiled or graphed step
+        against the eager one first (aevb.fast.self_check; fast.self_check=false skips it)."""
         if self.step is None:
             self.step = self._make_step()
+            base = self.base_step
+            self.check_pending = self.self_check and base.world == 1 and (base.compiled or self.step is not base)
+        if self.check_pending and rows is not None and len(rows) > 0:
+            base = self.base_step
+            if self.step is not base and base.adagrad is None:
+                return  # not graphed yet (the optimiser's warm-up): check the graph once it is
+            self.check_pending = False
+            what = " and ".join(w for w, on in (("compiled", base.compiled), ("graphed", self.step is not base)) if on)
+            eager = base.eager_twin()
+            if not self_check(self.step, eager, rows[:CHECK_STEPS], what):
+                self.step = eager
 
     @property
     def base_step(self) -> Step:
@@ -104,7 +119,7 @@ class FastLoop:
 
     def run_steps(self, chunk: Chunk) -> int:
         """The chunk's optimiser steps, here; returns how many ran (fewer after a stop signal)."""
-        self.ensure_step()
+        self.ensure_step(self.batches[chunk.start:chunk.stop])
         n = 0
         for rows in self.batches[chunk.start:chunk.stop]:
             self.step(rows)
@@ -118,9 +133,10 @@ class FastLoop:
         model = self.model
         # not finite if any step's term was not: the divergence check (named by the chunk's last step)
         model.divergence.update(model.global_step, sums[1], sums[2])
+        weight = sums.new_full((), float(n))  # a device tensor made on the device: no host-to-device copy
         for i, name in enumerate(TERMS):
             meter = model.meters[f"train_{name}"]
-            meter.update(sums[i] / n, weight=n)
+            meter.update(sums[i] / n, weight=weight)
             model.log(metric_name("train", name), meter, on_step=False, on_epoch=True, batch_size=n)
         if len(sums) > len(TERMS):  # wake-sleep: its two phase objectives (wake = the reconstruction term)
             model.record_phases(sums[1] / n, sums[3] / n, n)
@@ -134,7 +150,8 @@ class FastLoop:
         compile = self.compile == "true" or self.compile is True or (self.compile == "auto" and device.type == "cuda")
         binarize = self.dm.binarize == "dynamic"
         if hasattr(model, "wake_terms"):  # wake-sleep: two phases, two optimisers (decoder, encoder)
-            step = WakeSleepStep(model, self.data, optimizers, binarize=binarize, world=trainer.world_size)
+            step = WakeSleepStep(model, self.data, optimizers, binarize=binarize, compile=compile,
+                                 world=trainer.world_size)
         else:
             step = Step(model, self.data, optimizers[0], binarize=binarize, compile=compile, world=trainer.world_size)
         step.trace = self.trace

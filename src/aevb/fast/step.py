@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from aevb.fast.adagrad import adagrad_state, adagrad_step_, count_steps_, supports
+from aevb.fast.functional import program_for, tensors
 
 
 class Updater:
@@ -55,13 +56,24 @@ class Step:
         self.model, self.data = model, data
         self.binarize, self.world = binarize, world
         self.updaters = self._updaters(model, optimizer)
-        self.loss_fn = torch.compile(self._loss) if compile else self._loss
+        # the objective as a function of the networks' tensors, compiled once per architecture (aevb.fast.functional)
+        self.program = program_for(model, compile)
+        self.enc, self.dec = tensors(model.encoder), tensors(model.decoder)
         # running sums of the ELBO, reconstruction and KL terms (and a method's own) since the last fold (nats)
-        self.sums = torch.zeros(self.N_SUMS, device=data.device)
+        self.sums = torch.zeros(self.N_SUMS, device=data.device, dtype=self.enc[0].dtype)  # the model's precision
         self.trace: list[Tensor] | None = None  # per-step losses, when a test asks for them
 
     def _updaters(self, model, optimizer) -> list[Updater]:
         return [Updater([p for p in model.parameters() if p.requires_grad], optimizer)]
+
+    def _optimizers(self):
+        return self.updaters[0].optimizer
+
+    def eager_twin(self) -> "Step":
+        """The same step of the same model, optimiser(s) and data, uncompiled (aevb.fast.self_check)."""
+        twin = type(self)(self.model, self.data, self._optimizers(), self.binarize, compile=False, world=self.world)
+        twin.trace = self.trace
+        return twin
 
     @property
     def adagrad(self):
@@ -82,17 +94,17 @@ class Step:
         for u in self.updaters:
             u.count()
 
-    def _loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        terms = self.model.elbo_terms(x)
-        loss = self.model.training_loss(terms)
-        return loss, torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum()]).detach()
+    @property
+    def compiled(self) -> bool:
+        return self.program.compiled
 
     def batch(self, rows: Tensor) -> Tensor:
         x = self.data.index_select(0, rows)
         return torch.bernoulli(x) if self.binarize else x
 
     def __call__(self, rows: Tensor) -> Tensor:
-        loss, sums = self.loss_fn(self.batch(rows))
+        x = self.batch(rows)  # the draws first, eagerly, in the standard loop's order: binarisation, then eps
+        loss, sums = self.program.aevb_loss(self.enc, self.dec, x, self.program.noise(x.shape[0], self.enc[0]))
         self._apply(self.updaters[0], loss)
         self.sums.add_(sums)
         if self.trace is not None:
@@ -108,8 +120,8 @@ class Step:
     @property
     def capturable(self) -> bool:
         """The step can be one CUDA graph (now, or once the optimiser's warm-up is over)."""
-        u = self.updaters[0]
-        return (u.adagrad is not None or u.later_adagrad) and self.world == 1 and self.trace is None
+        return (all(u.adagrad is not None or u.later_adagrad for u in self.updaters) and self.world == 1
+                and self.trace is None)
 
 
 class WakeSleepStep(Step):
@@ -124,21 +136,21 @@ class WakeSleepStep(Step):
         return [Updater([p for p in model.decoder.parameters() if p.requires_grad], dec),
                 Updater([p for p in model.encoder.parameters() if p.requires_grad], enc)]
 
+    def _optimizers(self):
+        return [u.optimizer for u in self.updaters]
+
     def __call__(self, rows: Tensor) -> Tensor:
-        model, x = self.model, self.batch(rows)
-        terms = model.wake_terms(x)
-        wake = model.wake_loss(terms)
+        p, like = self.program, self.enc[0]
+        x = self.batch(rows)
+        wake, terms = p.wake_loss(self.enc, self.dec, x, p.noise(x.shape[0], like))
         self._apply(self.updaters[0], wake)
-        logq = model.sleep_logq(*model.dream(x.shape[0]))  # from the decoder this step just updated
-        self._apply(self.updaters[1], model.sleep_loss(logq))
-        self.sums.add_(torch.stack([terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), logq.sum()]).detach())
+        z = p.dream_latents(x.shape[0], like)  # dreams from the decoder this step just updated
+        sleep, logq = p.sleep_loss(self.enc, z, p.likelihood.sample(p.decode(self.dec, z)))
+        self._apply(self.updaters[1], sleep)
+        self.sums.add_(torch.cat([terms, logq.view(1)]))
         if self.trace is not None:
             self.trace.append(wake.detach())
         return wake
-
-    @property
-    def capturable(self) -> bool:
-        return False  # (eager: the dreams' sampling between the two updates is not captured)
 
 
 def _all_reduce_mean(grads, world: int) -> list[Tensor]:
@@ -152,45 +164,76 @@ def _all_reduce_mean(grads, world: int) -> list[Tensor]:
 
 
 class GraphedStep:
-    """The whole step (gather, forward, backward, update, sums) as one CUDA graph.
+    """The whole step (gather, noise, forward, backward, update, sums) as one CUDA graph.
 
     The first ``warmup`` steps run eagerly on a side stream (they are real training steps;
     they also trigger any compilation), the next one is captured and every later one is a
-    replay with the new batch indices copied into the graph's input.
+    replay with the new batch indices copied into the graph's input. ``cuda``: the torch.cuda
+    namespace (a test passes a stand-in to drive the capture's failure path on a CPU).
     """
 
-    def __init__(self, step: Step, warmup: int = 3):
+    def __init__(self, step: Step, warmup: int = 3, cuda=torch.cuda):
         self.step, self.warmup, self.done, self.failed = step, warmup, 0, False
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.cuda = cuda
+        self.graph = None
         self.rows: Tensor | None = None
 
     def __call__(self, rows: Tensor) -> None:
+        cuda = self.cuda
         if self.done < self.warmup or self.step.adagrad is None:  # (still in the optimiser's warm-up)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            side = cuda.Stream()
+            side.wait_stream(cuda.current_stream())
+            with cuda.stream(side):
                 self.step(rows)
-            torch.cuda.current_stream().wait_stream(side)
+            cuda.current_stream().wait_stream(side)
             self.done += 1
             return
         if self.failed:
             self.step(rows)
             return
         if self.graph is None:
-            self.rows = rows.clone()
-            graph, uncounted = torch.cuda.CUDAGraph(), self.step.uncounted
-            try:
-                with torch.cuda.graph(graph):
-                    self.step(self.rows)
-            except Exception as exc:  # capture records without running: nothing was trained by the failed try
-                self.failed, self.step.uncounted = True, uncounted
-                print(f"fast path: CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:200]}); eager steps",
-                      flush=True)
+            if not self._capture(rows):
                 self.step(rows)
                 return
-            self.graph = graph  # capture records the step without running it: replay runs it
-            self.step.uncounted = uncounted
         else:
             self.rows.copy_(rows)
         self.graph.replay()
         self.step.uncounted += 1  # the update ran on the device; its Python (the count) did not
+
+    def _capture(self, rows: Tensor) -> bool:
+        """Record one step; False after a failed capture, with one line naming the cause.
+
+        Not ``with torch.cuda.graph(...)``: when the step fails inside it, its ``__exit__`` calls
+        ``capture_end()``, which raises again (the capture is invalidated) before the stream context is
+        left, so the process would go on with the capture stream as its current stream. Here capture ends
+        inside the stream context whatever happened, the context is always left, and the device is
+        synchronised before any eager step runs.
+        """
+        cuda, uncounted = self.cuda, self.step.uncounted
+        self.rows = rows.clone()
+        graph, side, error = cuda.CUDAGraph(), cuda.Stream(), None
+        side.wait_stream(cuda.current_stream())
+        with cuda.stream(side):
+            try:
+                graph.capture_begin()
+            except Exception as exc:
+                error = exc
+            else:
+                try:
+                    self.step(self.rows)
+                except Exception as exc:  # capture records without running: nothing was trained by the failed try
+                    error = exc
+                try:
+                    graph.capture_end()
+                except Exception as exc:
+                    error = error or exc
+        cuda.current_stream().wait_stream(side)
+        self.step.uncounted = uncounted  # capture records the step without running it: replay runs it
+        if error is None:
+            self.graph = graph
+            return True
+        cuda.synchronize()
+        self.failed = True
+        print(f"fast path: CUDA graph capture failed ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]});"
+              " eager steps from here", flush=True)
+        return False

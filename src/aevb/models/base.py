@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from aevb.divergence import DivergenceWatch
-from aevb.elbo import ESTIMATORS, ElboTerms, elbo
+from aevb.elbo import ESTIMATORS, ElboTerms, elbo, weight_penalty
 from aevb.errors import AevbError, require
 from aevb.evaluation import REPORTED_SPLITS
 from aevb.nets.base import INITS, Decoder, Encoder, initialise_
@@ -25,6 +25,18 @@ TERMS = ("elbo", "recon", "kl")
 FINITE_CHECK_EVERY = 100  # training steps between checks that the ELBO is still finite
 # metric sets -> the prefix they log under; "train_eval" is the final pass over a fixed training subset
 SPLITS = {"train": "train", **{split: prefix for prefix, split in REPORTED_SPLITS.items()}}
+
+
+class RunningMean(MeanMetric):
+    """torchmetrics' MeanMetric without its NaN check, for the training terms. That check (``isnan(x).any()`` in
+    an ``if``) reads a value back from the device at every update; the divergence watch (aevb.divergence)
+    already stops a run whose terms are not finite, and reads the device only where a NaN could escape."""
+
+    def update(self, value: Tensor, weight: Tensor | None = None) -> None:
+        value = value.to(self.mean_value.dtype)
+        weight = torch.ones_like(value) if weight is None else torch.broadcast_to(weight.to(value.dtype), value.shape)
+        self.mean_value += (value * weight).sum()
+        self.weight += weight.sum()
 
 
 def metric_name(split: str, term: str, final: bool = False) -> str:
@@ -70,7 +82,8 @@ class VAEModuleBase(L.LightningModule):
         if init_std is not None:  # null: PyTorch's own init (conv backbones, see experiment=backbones_mnist)
             initialise_(encoder, decoder, init, init_std)
         # keyed "<split>_<term>": ModuleDict keys may not shadow Module methods such as .train
-        self.meters = nn.ModuleDict({f"{s}_{t}": MeanMetric() for s in SPLITS for t in TERMS})
+        self.meters = nn.ModuleDict({f"{s}_{t}": RunningMean() if s == "train" else MeanMetric()
+                                     for s in SPLITS for t in TERMS})
         for meter in self.meters.values():
             meter.persistent(True)  # a resumed run continues the epoch's running means
         self.counts = nn.ModuleDict({s: SumMetric() for s in SPLITS if s != "train"})  # datapoints really evaluated
@@ -93,8 +106,7 @@ class VAEModuleBase(L.LightningModule):
         """
         if not self.weight_prior:
             return torch.zeros((), device=self.device)
-        params = self.parameters() if params is None else params
-        return 0.5 * sum(p.pow(2).sum() for p in params) / self.n_train
+        return weight_penalty(self.parameters() if params is None else params, self.n_train)
 
     def record(self, split: str, terms: ElboTerms, final: bool = False) -> None:
         """Accumulate per-datapoint terms; Lightning computes (and syncs, under DDP) at epoch end."""

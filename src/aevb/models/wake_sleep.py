@@ -26,11 +26,10 @@ from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
 
 from aevb.elbo import ElboTerms, elbo, log_normal
 from aevb.errors import require
-from aevb.models.base import VAEModuleBase
+from aevb.models.base import RunningMean, VAEModuleBase
 
 PHASE_METRICS = ("wake_loglik", "sleep_logq")
 PHASES = ("sequential", "simultaneous")
@@ -62,7 +61,7 @@ class WakeSleep(VAEModuleBase):
         super().__init__(*args, **kwargs)
         self.phases = phases
         self.automatic_optimization = False
-        self.phase_meters = nn.ModuleDict({name: MeanMetric() for name in PHASE_METRICS})
+        self.phase_meters = nn.ModuleDict({name: RunningMean() for name in PHASE_METRICS})
 
     # -- the two phases -------------------------------------------------------------------
     def _encode_fixed(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -117,7 +116,7 @@ class WakeSleep(VAEModuleBase):
         """The phase objectives per datapoint (values, or a chunk's means over ``n`` datapoints), nats."""
         for name, value in (("wake_loglik", wake_loglik), ("sleep_logq", sleep_logq)):
             meter = self.phase_meters[name]
-            meter.update(value, weight=n if value.dim() == 0 else 1.0)
+            meter.update(value, weight=value.new_full((), float(n if value.dim() == 0 else 1)))  # no host copy
             self.log(f"train/{name}", meter, on_step=False, on_epoch=True, batch_size=n)
 
     def _phase_update(self, loss: Tensor, net: nn.Module, step) -> None:

@@ -189,21 +189,16 @@ def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() and torch.cuda.is_initialized() else []
 
 
-def _generator(saved: dict, device: torch.device) -> torch.Generator:
-    """A generator in the member's state for ``device``: the stream its single run's steps draw from."""
-    g = torch.Generator(device=device)
-    if device.type == "cuda":
-        g.set_state(saved["rng"]["cuda"][device.index or 0])
-    else:
-        g.set_state(saved["rng"]["torch"])
+def _generator(saved: dict, device: torch.device, g: torch.Generator | None = None) -> torch.Generator:
+    """A generator (``g``, or a new one) in the member's state for ``device``: the stream its single run's steps
+    draw from (aevb.resume.capture_rng: the CPU's, or the current CUDA device's as "cuda_device")."""
+    g = torch.Generator(device=device) if g is None else g
+    g.set_state(saved["rng"]["cuda_device"] if device.type == "cuda" else saved["rng"]["torch"])
     return g
 
 
 def _keep_generator(saved: dict, g: torch.Generator) -> None:
-    if g.device.type == "cuda":
-        saved["rng"]["cuda"][g.device.index or 0] = g.get_state()
-    else:
-        saved["rng"]["torch"] = g.get_state()
+    saved["rng"]["cuda_device" if g.device.type == "cuda" else "torch"] = g.get_state()
 
 
 @contextmanager
