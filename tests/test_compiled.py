@@ -238,3 +238,65 @@ def test_a_failed_graph_capture_ends_on_a_clean_stream_with_one_line_then_eager_
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln]
     assert len(lines) == 1 and lines[0].startswith("fast path: CUDA graph capture failed (RuntimeError:")
     assert "operation not permitted when stream is capturing" in lines[0] and "eager steps from here" in lines[0]
+
+
+# -- packs: the compiled pack step ------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["aevb", "wake_sleep"])
+def test_the_compiled_pack_step_equals_the_eager_pack_step_and_the_single_runs(mnist, method):
+    """The part of a graphed pack a CPU can run: the pack's updates compiled (vmapped gradients and stacked Adagrad;
+    the members' draws eager, from their own generators), N_z = 3 packed with N_z = 5 by padding. In float64,
+    20 steps: compiled pack == eager pack == each member's single run, to 1e-9 (see the module docstring)."""
+    from aevb.packed.steps import PackedSteps
+    from test_packed import _member
+
+    data = mnist.splits["train"][:1000].double()
+    rows = torch.randint(0, 1000, (2, 20, 100), generator=torch.Generator().manual_seed(0))
+    params = {}
+    for compile in (False, True):
+        members = [_member(3, 0, data, method, hidden=64), _member(5, 1, data, method, hidden=64)]
+        gens = [torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)]
+        from torch._dynamo.utils import counters
+
+        steps = PackedSteps(members, compile=compile)
+        graphs = counters["stats"]["unique_graphs"]
+        n, totals = steps.run(rows, data, True, gens, stop_now=lambda: False)
+        assert n == 20 and bool(torch.isfinite(totals).all())
+        assert (counters["stats"]["unique_graphs"] > graphs) == compile  # compiled, or not at all
+        assert steps.compiled == compile and not steps.check_pending  # a compiled pack passed its self-check
+        params[compile] = [list(m.model.parameters()) for m in members]
+    for k, seed in enumerate((7, 8)):
+        alone = _member((3, 5)[k], k, data, method, hidden=64)
+        alone.base_step.binarize = True
+        torch.manual_seed(seed)
+        for r in rows[k]:
+            alone.base_step(r)
+        for p, q, a in zip(params[False][k], params[True][k], alone.model.parameters()):
+            torch.testing.assert_close(q, p, rtol=0, atol=1e-9)
+            torch.testing.assert_close(a, p, rtol=0, atol=1e-9)
+
+
+def test_the_pack_self_check_replaces_a_broken_compiled_pack_step_training_nothing(mnist, monkeypatch, capsys):
+    from aevb.packed.steps import PackedSteps
+    from test_packed import _member
+
+    def broken_compile(fn):
+        if fn.__name__ != "_update":
+            return fn
+        return lambda params, sums, x, eps: fn(params, sums, x * 0.99, eps)
+
+    data = mnist.splits["train"][:1000].double()
+    rows = torch.randint(0, 1000, (2, 10, 100), generator=torch.Generator().manual_seed(0))
+    results = {}
+    for compile in (False, True):
+        monkeypatch.setattr(torch, "compile", broken_compile)
+        members = [_member(3, 0, data, hidden=64), _member(5, 1, data, hidden=64)]
+        steps = PackedSteps(members, compile=compile)
+        gens = [torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)]
+        results[compile] = steps.run(rows, data, True, gens, stop_now=lambda: False)[1], members, steps
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "self-check" in ln]
+    assert len(lines) == 1 and lines[0].startswith("packed sweep: self-check failed at step") and "compiled" in lines[0]
+    (eager_totals, eager, _), (checked_totals, checked, steps) = results[False], results[True]
+    assert not steps.compiled  # it went on with the eager pack step, from the state before the check
+    assert torch.equal(eager_totals, checked_totals)
+    for a, b in zip(eager, checked):
+        assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))

@@ -83,14 +83,31 @@ def _one(run, step, rows: Tensor) -> tuple[Tensor, Tensor]:
     return step.sums[0] - before, torch.cat([t.detach().reshape(-1) for t in (*step.enc, *step.dec)])
 
 
+def _gaps(elbo_c: Tensor, elbo_e: Tensor, p_c: Tensor, p_e: Tensor, p0: Tensor) -> tuple[float, float]:
+    """(relative ELBO gap, share of parameters updated differently) of one step taken both ways from ``p0``."""
+    elbo_gap = float(((elbo_c - elbo_e).abs() / elbo_e.abs().clamp_min(1.0)).max())
+    update = (p_e - p0).abs()  # (a parameter the eager step left alone is judged against the mean update)
+    differs = (p_c - p_e).abs() > UPDATE_RTOL.get(p0.dtype, 1e-2) * (update + update.mean())
+    return elbo_gap, float(differs.float().mean()) if bool(torch.isfinite(p_c).all()) else float("nan")
+
+
+def _agree(elbo_gap: float, share: float, dtype) -> bool:
+    return elbo_gap <= ELBO_RTOL.get(dtype, 1e-5) and share <= DIFFERING_SHARE  # (NaN fails)
+
+
+def _say(who: str, what: str, k: int, n_steps: int, elbo_gap: float, share: float, nats: float, dtype) -> None:
+    print(f"{who}: self-check failed at step {k + 1} of {n_steps}: the {what} step differs from the eager"
+          f" step (ELBO by {nats:.3g} nats per datapoint, relative {elbo_gap:.1e}, tolerance"
+          f" {ELBO_RTOL.get(dtype, 1e-5):.0e}; {share:.1e} of the parameters updated differently, tolerance"
+          f" {DIFFERING_SHARE:.0e}); eager steps from here (fast.self_check=false skips this check)", flush=True)
+
+
 def self_check(candidate, eager, rows: Tensor, what: str) -> bool:
     """``rows`` (a few batches' indices) in lockstep with ``candidate`` (a compiled Step, or a GraphedStep) and
     ``eager`` (the same model's eager Step); True when every step agrees. Trains nothing: the starting state is
     put back. On a mismatch prints one line (``what`` names the candidate)."""
     base = getattr(candidate, "step", candidate)
     dtype = base.enc[0].dtype
-    elbo_tol, update_tol = ELBO_RTOL.get(dtype, 1e-5), UPDATE_RTOL.get(dtype, 1e-2)
-    share_tol = DIFFERING_SHARE
     start = Snapshot(base)
     failure = None
     try:
@@ -100,22 +117,56 @@ def self_check(candidate, eager, rows: Tensor, what: str) -> bool:
             elbo_c, p_c = _one(candidate, base, r)
             here.restore()
             elbo_e, p_e = _one(eager, eager, r)  # the same tensors: the eager step goes on from its own result
-            elbo_gap = float((elbo_c - elbo_e).abs() / elbo_e.abs().clamp_min(1.0))
-            update = (p_e - p0).abs()  # (a parameter the eager step left alone is judged against the mean update)
-            differs = (p_c - p_e).abs() > update_tol * (update + update.mean())
-            update_gap = float(differs.float().mean()) if bool(torch.isfinite(p_c).all()) else float("nan")
-            if not (elbo_gap <= elbo_tol and update_gap <= share_tol):  # (NaN fails too)
-                failure = (k, elbo_gap, update_gap, float((elbo_c - elbo_e).abs()) / r.numel())
+            gaps = _gaps(elbo_c, elbo_e, p_c, p_e, p0)
+            if not _agree(*gaps, dtype):
+                failure = (k, *gaps, float((elbo_c - elbo_e).abs()) / r.numel())
                 break
     finally:
         start.restore()
         eager.sums.copy_(base.sums)  # the eager step may go on in the candidate's place: from the same state
         eager.uncounted = base.uncounted
-    if failure is None:
-        return True
-    k, elbo_gap, update_gap, nats = failure
-    print(f"fast path: self-check failed at step {k + 1} of {len(rows)}: the {what} step differs from the eager"
-          f" step (ELBO by {nats:.3g} nats per datapoint, relative {elbo_gap:.1e}, tolerance {elbo_tol:.0e};"
-          f" {update_gap:.1e} of the parameters updated differently, tolerance {share_tol:.0e}); eager steps from here"
-          " (fast.self_check=false skips this check)", flush=True)
-    return False
+    if failure is not None:
+        _say("fast path", what, failure[0], len(rows), *failure[1:], dtype)
+    return failure is None
+
+
+def pack_self_check(candidate, eager, rows: Tensor, data: Tensor, binarize: bool, generators, what: str) -> bool:
+    """The same for a pack (aevb.packed.steps.PackedSteps): ``rows`` (K, n, B) with ``candidate``'s step
+    (compiled, or its graph) and ``eager``'s, each step from the same stacked state and generator states;
+    both start from ``candidate``'s stacked tensors, which are put back at the end."""
+    def flat(steps):
+        return torch.cat([t.reshape(len(t), -1) for t in steps.stacked_params], dim=1)
+
+    def put(dst, src):
+        with torch.no_grad():
+            for d, s in zip(dst.stacked_params + dst.stacked_sums, src.stacked_params + src.stacked_sums):
+                d.copy_(s)
+
+    saved = [t.clone() for t in candidate.stacked_params + candidate.stacked_sums]
+    states = [g.get_state() for g in generators]
+    run, dtype, failure = candidate.graph or candidate.step, candidate.dtype, None
+    try:
+        for k in range(rows.shape[1]):
+            here = [g.get_state() for g in generators]
+            put(eager, candidate)
+            p0 = flat(candidate)
+            terms_c = run(rows[:, k], data, binarize, generators)
+            p_c = flat(candidate)
+            for g, st in zip(generators, here):
+                g.set_state(st)
+            terms_e = eager.step(rows[:, k], data, binarize, generators)
+            p_e = flat(eager)
+            gaps = _gaps(terms_c[:, 0], terms_e[:, 0], p_c, p_e, p0)
+            if not _agree(*gaps, dtype):
+                failure = (k, *gaps, float((terms_c[:, 0] - terms_e[:, 0]).abs().max()) / rows.shape[2])
+                break
+            put(candidate, eager)  # both go on from the eager step's result
+    finally:
+        with torch.no_grad():
+            for t, s in zip(candidate.stacked_params + candidate.stacked_sums, saved):
+                t.copy_(s)
+        for g, st in zip(generators, states):
+            g.set_state(st)
+    if failure is not None:
+        _say("packed sweep", what, failure[0], rows.shape[1], *failure[1:], dtype)
+    return failure is None

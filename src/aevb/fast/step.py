@@ -201,39 +201,54 @@ class GraphedStep:
         self.step.uncounted += 1  # the update ran on the device; its Python (the count) did not
 
     def _capture(self, rows: Tensor) -> bool:
-        """Record one step; False after a failed capture, with one line naming the cause.
-
-        Not ``with torch.cuda.graph(...)``: when the step fails inside it, its ``__exit__`` calls
-        ``capture_end()``, which raises again (the capture is invalidated) before the stream context is
-        left, so the process would go on with the capture stream as its current stream. Here capture ends
-        inside the stream context whatever happened, the context is always left, and the device is
-        synchronised before any eager step runs.
-        """
-        cuda, uncounted = self.cuda, self.step.uncounted
+        """Record one step; False after a failed capture, with one line naming the cause."""
+        uncounted = self.step.uncounted
         self.rows = rows.clone()
-        graph, side, error = cuda.CUDAGraph(), cuda.Stream(), None
-        side.wait_stream(cuda.current_stream())
-        with cuda.stream(side):
-            try:
-                graph.capture_begin()
-            except Exception as exc:
-                error = exc
-            else:
-                try:
-                    self.step(self.rows)
-                except Exception as exc:  # capture records without running: nothing was trained by the failed try
-                    error = exc
-                try:
-                    graph.capture_end()
-                except Exception as exc:
-                    error = error or exc
-        cuda.current_stream().wait_stream(side)
+        graph, error = capture(lambda: self.step(self.rows), self.cuda)
         self.step.uncounted = uncounted  # capture records the step without running it: replay runs it
         if error is None:
             self.graph = graph
             return True
-        cuda.synchronize()
         self.failed = True
-        print(f"fast path: CUDA graph capture failed ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]});"
-              " eager steps from here", flush=True)
+        say_capture_failed("fast path", error)
         return False
+
+
+def capture(record, cuda=torch.cuda, generators=()):
+    """``record()`` captured into a new CUDA graph on a side stream: (graph, None), or (None, the error).
+
+    Not ``with torch.cuda.graph(...)``: when the work fails inside it, its ``__exit__`` calls
+    ``capture_end()``, which raises again (the capture is invalidated) before the stream context is
+    left, so the process would go on with the capture stream as its current stream. Here capture ends
+    inside the stream context whatever happened, the context is always left, and after a failure the
+    device is synchronised before anything else runs. ``generators``: the non-default CUDA generators
+    the work draws from, registered with the graph so that every replay advances them (PyTorch issue 91950).
+    """
+    graph, side, error = cuda.CUDAGraph(), cuda.Stream(), None
+    side.wait_stream(cuda.current_stream())
+    with cuda.stream(side):
+        try:
+            for g in generators:
+                graph.register_generator_state(g)
+            graph.capture_begin()
+        except Exception as exc:
+            error = exc
+        else:
+            try:
+                record()
+            except Exception as exc:  # capture records without running: nothing was trained by the failed try
+                error = exc
+            try:
+                graph.capture_end()
+            except Exception as exc:
+                error = error or exc
+    cuda.current_stream().wait_stream(side)
+    if error is None:
+        return graph, None
+    cuda.synchronize()
+    return None, error
+
+
+def say_capture_failed(who: str, error: BaseException) -> None:
+    print(f"{who}: CUDA graph capture failed ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]});"
+          " eager steps from here", flush=True)

@@ -42,6 +42,7 @@ class _Member:
     chunk: object = None
     saved: dict = field(default_factory=dict)  # process-wide state put aside while it waits
     result: object = None  # steps run, or the exception the chunk raised
+    generator: object = None  # its draws' generator in packed steps, in its state at each chunk
 
 
 class Pack:
@@ -54,6 +55,7 @@ class Pack:
         self.cond = threading.Condition()
         self.members = [_Member() for _ in range(size)]
         self.local = threading.local()
+        self.programs: dict = {}  # the PackedSteps of each group of members that ran together
         self.packed_chunks = 0  # chunks run by more than one member together (tested)
         self.steps_together = 0  # members' fast-path steps run side by side with another member's (reported)
         self.steps_alone = 0  # members' fast-path steps run on their own (reported)
@@ -120,9 +122,10 @@ class Pack:
             return
         data = loops[0].data
         rows = torch.stack([loop.batches[chunk.start:chunk.stop] for loop in loops])
-        generators = [_generator(m.saved, data.device) for m in group]
+        steps = self._steps_for(loops)
+        generators = [_generator(m.saved, data.device, self._generator_of(m, data.device)) for m in group]
         stop_now = lambda: any(loop.trainer.received_sigterm for loop in loops)  # noqa: E731
-        n, totals = PackedSteps(loops).run(rows, data, loops[0].dm.binarize == "dynamic", generators, stop_now)
+        n, totals = steps.run(rows, data, loops[0].dm.binarize == "dynamic", generators, stop_now)
         for m, g, sums in zip(group, generators, totals):
             _keep_generator(m.saved, g)
             m.loop.base_step.sums.add_(sums)
@@ -130,6 +133,26 @@ class Pack:
             m.result = n
         self.packed_chunks += 1
         self.steps_together += n * len(group)
+
+
+    def _steps_for(self, loops) -> PackedSteps:
+        """The group's PackedSteps, built once for the group (its compilation and CUDA graph are kept): compiled
+        when the members' steps are, graphed on CUDA when theirs would be (fast.compile, fast.cuda_graph)."""
+        key = tuple(id(loop) for loop in loops)
+        if key not in self.programs:
+            head = loops[0]
+            graph = head.data.device.type == "cuda" and head.cuda_graph
+            done = {id(m.loop) for m in self.members if m.state == "done"}
+            self.programs = {k: v for k, v in self.programs.items() if not set(k) & done}  # a member left: stale
+            self.programs[key] = PackedSteps(loops, compile=head.base_step.compiled, graph=graph,
+                                             self_check=head.self_check)
+        return self.programs[key]
+
+    def _generator_of(self, member: _Member, device) -> torch.Generator:
+        """The member's own generator object for the pack's device (one for its life: a CUDA graph holds it)."""
+        if member.generator is None or member.generator.device != device:
+            member.generator = torch.Generator(device=device)
+        return member.generator
 
 
 def _groups(waiting: list[_Member], pad_latents: str | bool = "auto") -> list[list[_Member]]:

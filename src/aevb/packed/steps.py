@@ -25,6 +25,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from aevb.elbo import elbo, log_normal
 from aevb.fast.adagrad import supports
+from aevb.fast.self_check import CHECK_STEPS, pack_self_check
 from aevb.likelihoods import LOG_2PI
 
 
@@ -59,9 +60,15 @@ class PackedSteps:
     """Runs the same steps of K members (their FastLoops) as one program; the members' own tensors
     stay the truth: ``run`` reads them in and writes them back. AEVB: one vmapped gradient of the
     training loss per step. Wake-sleep (``wake_terms``): the wake gradient into the decoders and their
-    update, each member's dreams from its updated decoder, then the sleep gradient into the encoders."""
+    update, each member's dreams from its updated decoder, then the sleep gradient into the encoders.
 
-    def __init__(self, loops: list):
+    ``compile``: the updates (vmapped gradient and stacked Adagrad, the draws excluded: they stay eager,
+    from each member's own generator) through ``torch.compile``, once for this pack (a Pack keeps its
+    PackedSteps). ``graph`` (CUDA): each whole step, draws included, replayed as one CUDA graph
+    (aevb.packed.graph). The stacked tensors are allocated once and refilled in place, as a graph needs.
+    """
+
+    def __init__(self, loops: list, compile: bool = False, graph: bool = False, self_check: bool = True):
         self.loops = loops
         self.models = [loop.model for loop in loops]
         self.template = max(self.models, key=lambda m: m.latent_dim)  # its modules have the padded shapes
@@ -76,13 +83,26 @@ class PackedSteps:
         groups = [loop.base_step.updaters[0].optimizer.param_groups[0] for loop in loops]
         self.eps = float(groups[0]["eps"])
         self.lr = torch.tensor([float(g["lr"]) for g in groups], device=device, dtype=self.dtype)
+        self.lr_of = {n: self.lr.view(-1, *([1] * len(s))) for n, s in zip(self.names, self.shapes)}
         if self.wake_sleep:
             self.wake_grad = vmap(grad_and_value(self._wake_loss, has_aux=True))
             self.sleep_grad = vmap(grad_and_value(self._sleep_loss, has_aux=True))
             self.decode = vmap(lambda dec, z: functional_call(self.template.decoder, dec, (z,)))
         else:
             self.grad_fn = vmap(grad_and_value(self._loss, has_aux=True))
+        self.compiled = bool(compile)
+        wrap = torch.compile if compile else (lambda fn: fn)
+        self.update = wrap(self._update)  # AEVB's whole update; wake-sleep: the wake phase
+        self.sleep_update = wrap(self._sleep_update)
+        # the stacked parameters and Adagrad sums, (K, *padded shape) each: filled from the members by run()
+        self.stacked_params = self._stack(self._params)
+        self.stacked_sums = self._stack(self._sums)
+        self.graph = None
+        if graph:
+            from aevb.packed.graph import PackGraph
 
+            self.graph = PackGraph(self)
+        self.check_pending = self_check and (self.compiled or self.graph is not None)
     # -- each member's objectives, as pure functions of its (padded) parameters ----------------------
     def _encode(self, enc: dict[str, Tensor], mask: Tensor, fixed: bool = False):
         def encode(x):
@@ -119,14 +139,18 @@ class PackedSteps:
 
     # -- the members' state in and out ----------------------------------------------------------------
     def _stack(self, tensors_of) -> list[Tensor]:
-        out = []
-        for i, shape in enumerate(self.shapes):
-            t = torch.zeros((len(self.models), *shape), device=self.mask.device, dtype=self.dtype)
+        out = [torch.zeros((len(self.models), *shape), device=self.mask.device, dtype=self.dtype)
+               for shape in self.shapes]
+        self._fill(out, tensors_of)
+        return out
+
+    @torch.no_grad()
+    def _fill(self, stacked: list[Tensor], tensors_of) -> None:
+        """The members' tensors into the stacked ones, in place (padding stays 0)."""
+        for i, t in enumerate(stacked):
             for k in range(len(self.models)):
                 src = tensors_of(k)[i]
                 t[(k, *(slice(0, n) for n in src.shape))] = src.detach()
-            out.append(t)
-        return out
 
     def _unstack(self, stacked: list[Tensor], tensors_of) -> None:
         with torch.no_grad():
@@ -149,33 +173,57 @@ class PackedSteps:
         """Steps with batch indices ``rows`` (K, n, B); returns (steps run, per-member running sums over
         them, (K, 3) or (K, 4): ELBO, reconstruction, KL (and wake-sleep's log q(z|x) of the dreams)).
         ``stop_now()`` is asked after every step."""
-        params = dict(zip(self.names, self._stack(self._params)))
-        sums = dict(zip(self.names, self._stack(self._sums)))
+        self._fill(self.stacked_params, self._params)
+        self._fill(self.stacked_sums, self._sums)
+        if self.check_pending:  # the first time: this compiled or graphed pack step against the eager one
+            self.check_pending = False
+            eager = PackedSteps(self.loops)
+            what = " and ".join(w for w, on in (("compiled", self.compiled), ("graphed", self.graph)) if on)
+            if not pack_self_check(self, eager, rows[:, :CHECK_STEPS], data, binarize, generators, what):
+                self.update, self.sleep_update, self.graph, self.compiled = self._update, self._sleep_update, None, False
         totals = torch.zeros(len(self.models), 4 if self.wake_sleep else 3, device=data.device, dtype=self.dtype)
-        lr = {n: self.lr.view(-1, *([1] * len(s))) for n, s in zip(self.names, self.shapes)}
+        step_fn = self.graph or self.step
         done = 0
         for step in range(rows.shape[1]):
-            x, eps = self._draw_batches(rows[:, step], data, binarize, generators)
-            if self.wake_sleep:
-                enc, dec = _split(params)
-                grads, (_, terms) = self.wake_grad(dec, enc, x, eps, self.mask)
-                _adagrad(params, sums, grads, lr, self.eps, "decoder.")
-                enc, dec = _split(params)
-                z, xd = self._dreams(dec, x.shape[1], generators)
-                grads, (_, logq) = self.sleep_grad(enc, z, xd, self.mask)
-                _adagrad(params, sums, grads, lr, self.eps, "encoder.")
-                totals += torch.cat([terms, logq.unsqueeze(1)], dim=1)
-            else:
-                grads, (_, terms) = self.grad_fn(params, x, eps, self.mask)
-                _adagrad(params, sums, grads, lr, self.eps)
-                totals += terms
+            totals += step_fn(rows[:, step], data, binarize, generators)
             done += 1
             if stop_now():
                 break
-        self._unstack([params[n] for n in self.names], self._params)
-        self._unstack([sums[n] for n in self.names], self._sums)
-        self.stacked_params, self.stacked_sums = [params[n] for n in self.names], [sums[n] for n in self.names]  # (tests)
+        self._unstack(self.stacked_params, self._params)
+        self._unstack(self.stacked_sums, self._sums)
         return done, totals
+
+    def step(self, rows: Tensor, data: Tensor, binarize: bool, generators) -> Tensor:
+        """One step of every member on the stacked tensors (in place); its terms, (K, 3) or (K, 4). The draws
+        are eager, each member's from its own generator; the updates are ``update`` / ``sleep_update``."""
+        x, eps = self._draw_batches(rows, data, binarize, generators)
+        terms = self.update(self.stacked_params, self.stacked_sums, x, eps)
+        if not self.wake_sleep:
+            return terms
+        dec = _split(dict(zip(self.names, self.stacked_params)))[1]
+        z, xd = self._dreams(dec, x.shape[1], generators)
+        logq = self.sleep_update(self.stacked_params, self.stacked_sums, z, xd)
+        return torch.cat([terms, logq.unsqueeze(1)], dim=1)
+
+    def _update(self, params: list[Tensor], sums: list[Tensor], x: Tensor, eps: Tensor) -> Tensor:
+        """AEVB: the vmapped gradient of each member's loss and its Adagrad step. Wake-sleep: the wake phase's
+        (decoders only). In place on ``params`` and ``sums``; returns the terms' sums (K, 3)."""
+        params, sums = dict(zip(self.names, params)), dict(zip(self.names, sums))
+        if self.wake_sleep:
+            enc, dec = _split(params)
+            grads, (_, terms) = self.wake_grad(dec, enc, x, eps, self.mask)
+            _adagrad(params, sums, grads, self.lr_of, self.eps, "decoder.")
+        else:
+            grads, (_, terms) = self.grad_fn(params, x, eps, self.mask)
+            _adagrad(params, sums, grads, self.lr_of, self.eps)
+        return terms
+
+    def _sleep_update(self, params: list[Tensor], sums: list[Tensor], z: Tensor, xd: Tensor) -> Tensor:
+        """Wake-sleep's sleep phase on the dreams (encoders only); returns each member's summed log q (K,)."""
+        params, sums = dict(zip(self.names, params)), dict(zip(self.names, sums))
+        grads, (_, logq) = self.sleep_grad(_split(params)[0], z, xd, self.mask)
+        _adagrad(params, sums, grads, self.lr_of, self.eps, "encoder.")
+        return logq
 
     def _draw_batches(self, rows: Tensor, data: Tensor, binarize: bool, generators) -> tuple[Tensor, Tensor]:
         """Each member's batch and reparameterisation noise, drawn in its single run's order and shapes."""
