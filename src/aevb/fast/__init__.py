@@ -4,8 +4,9 @@ Switched by the ``fast`` config block (``fast.enabled``, on by default). The tra
 images live on the training device, batches are drawn there by index in the standard
 loop's order, each ``training_step`` runs a chunk of optimiser steps (manual
 optimisation) that ends exactly where the standard loop would validate, checkpoint,
-draw a curve point or stop, and on CUDA the whole step is one CUDA graph (AEVB; wake-sleep's
-two-phase step runs eagerly). Trainer settings it does not cover keep the standard loop,
+draw a curve point or stop, and on CUDA the whole step is compiled (aevb.fast.functional) and
+one CUDA graph, both checked against the eager step first (aevb.fast.self_check). Trainer
+settings it does not cover keep the standard loop,
 with one line saying why.
 """
 
