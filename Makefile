@@ -20,7 +20,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export AEVB_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help install train test test-slow bench test-slurm slurm-up slurm-down fig2-mnist fig2-frey fig3 fig4 fig5 fig4-figures fig5-figures figures clean
+.PHONY: help install train test test-slow bench gpu-check test-slurm slurm-up slurm-down fig2-mnist fig2-frey fig3 fig4 fig5 fig4-figures fig5-figures figures clean
 
 .DEFAULT_GOAL := install
 help:  ## list the targets, one line each
@@ -86,3 +86,7 @@ clean:  ## remove logs/ and the pytest cache
 # --- speed: samples/s and peak memory of aevb's loops against plain loops (scripts/bench.py) ---------------
 bench: install  ## samples/s and peak memory: plain loop, naive Lightning, aevb standard and fast (scripts/bench.py)
 	$(BIN)/python scripts/bench.py $(ARGS)
+
+# --- a machine with one GPU and no network: tests, loops, packs, a Figure 2 slice in one report (scripts/gpu_check.sh) ---
+gpu-check:  ## on a bare 1-GPU machine: install from AEVB_WHEELS, GPU tests, bench, packs, Figure 2 slice -> report (ARGS="OUT_DIR"; ARGS="--dry-run OUT_DIR" on a CPU)
+	bash scripts/gpu_check.sh $(ARGS)
