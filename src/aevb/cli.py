@@ -198,9 +198,28 @@ def preflight(argv: list[str], config_name: str = "train") -> None:
                 check_fresh_sweep_dir(Path(hydra_cfg.sweep.dir))
             else:
                 check_output_dir(Path(hydra_cfg.run.dir), "hydra.run.dir")
+                named_dir = any(o.get_key_element() == "hydra.run.dir" for o in parsed)
                 if jobs and compose(config_name, overrides=jobs[0]).get("ckpt_path"):
                     _check_resume_before_hydra(compose(config_name, overrides=jobs[0]))
+                if named_dir:  # before Hydra writes into it (a timestamped default folder is locked in the run)
+                    from aevb.run_lock import acquire
+
+                    acquire(Path(hydra_cfg.run.dir))
     except AevbError:
         raise
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(condense(str(exc), str(exc.__cause__ or ""))) from None
+        raise ConfigError(condense(str(exc), str(exc.__cause__ or "")) + quoting_hint(overrides)) from None
+
+
+_UNQUOTED_OK = re.compile(r"[\w ./:@%+\-~\[\]{},=$*?]*", re.ASCII)  # what Hydra's grammar reads without quotes
+
+
+def quoting_hint(overrides: list[str]) -> str:
+    """For an override whose value Hydra cannot read unquoted (non-ASCII letters, most punctuation): how to
+    quote it, for Hydra inside the shell's quotes."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and value and value[0] not in "'\"" and not _UNQUOTED_OK.fullmatch(value):
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            return f" (quote a value with such characters for Hydra, inside the shell's quotes: '{key}=\"{escaped}\"')"
+    return ""

@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, open_dict
 
 from aevb.errors import ConfigError
+from aevb.sweep_stop import ForwardStops, end_interrupted_sweep, interrupted_status
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 120  # a job that has handed back its result but does not exit is stopped after this
@@ -59,10 +60,9 @@ def launch_units(launcher, job_overrides: Sequence[Sequence[str]], initial_job_i
                  slots: list, per_slot: int, name: str) -> list:
     """Run each unit (a list of job positions: one job, or a pack of jobs trained together, aevb.packed)
     in a fresh process; ``slots`` are GPU ids (the process sees only its GPU) or [None] (no pinning),
-    at most ``per_slot`` units per slot at a time. Returns one JobReturn per job, in job order."""
-    import cloudpickle
-    from hydra.core.singleton import Singleton
-    from hydra.core.utils import filter_overrides, setup_globals
+    at most ``per_slot`` units per slot at a time. Returns one JobReturn per job, in job order. A stop
+    signal goes on to the running processes and starts no more (aevb.sweep_stop)."""
+    from hydra.core.utils import setup_globals
 
     setup_globals()
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
@@ -70,53 +70,89 @@ def launch_units(launcher, job_overrides: Sequence[Sequence[str]], initial_job_i
     where = "CPU" if slots == [None] else f"GPUs {','.join(slots)}"
     log.info(f"{name}: {len(job_overrides)} jobs in {len(units)} processes on {where}, at most {per_slot} per"
              f" {'GPU' if slots != [None] else 'node'} at a time; sweep output dir: {sweep_dir}")
-    ctx = mp.get_context("spawn")  # a fresh interpreter per process: CUDA (maybe initialised here) is not inherited
-    singleton_state = Singleton.get_state()
-    load, next_slot = [0] * len(slots), 0
-    pending = list(range(len(units)))
-    running: dict = {}  # receiving end of the process's pipe -> (unit number, slot, process)
-    results: list = [None] * len(job_overrides)
+    units_run = _Units(launcher, job_overrides, initial_job_idx, units, slots, per_slot)
+    stops = ForwardStops(units_run.pids)
     try:
-        while pending or running:
-            while pending and min(load) < per_slot:
-                slot = pick_slot(load, next_slot, per_slot)
-                next_slot = (slot + 1) % len(slots)
-                u = pending.pop(0)
-                jobs = [(initial_job_idx + pos, job_overrides[pos]) for pos in units[u]]
-                payload = cloudpickle.dumps((jobs, launcher.hydra_context, launcher.config, launcher.task_function,
-                                             singleton_state))
-                recv, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_unit_process, args=(slots[slot], payload, send), name=f"sweep-unit-{u}")
-                proc.start()
-                send.close()  # only the process holds the sending end now: its exit means EOF here
-                load[slot] += 1
-                running[recv] = (u, slot, proc)
-                on = f" on GPU {slots[slot]}" if slots[slot] is not None else ""
-                for idx, overrides in jobs:
-                    pack = f" (pack of {len(jobs)})" if len(jobs) > 1 else ""
-                    log.info(f"\t#{idx}{on}{pack} : {' '.join(filter_overrides(overrides))}")
-            for recv in wait(list(running)):  # read results as they come: a full pipe would block the process
-                u, slot, proc = running.pop(recv)
-                try:
-                    data = recv.recv_bytes()
-                except EOFError:
-                    data = None
-                recv.close()
-                proc.join(JOIN_TIMEOUT_S)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join()
-                load[slot] -= 1
-                rets = cloudpickle.loads(data) if data is not None else None
-                for i, pos in enumerate(units[u]):
-                    results[pos] = (rets[i] if rets is not None else
-                                    _record_crash(launcher, job_overrides[pos], initial_job_idx + pos,
-                                                  slots[slot], proc.exitcode))
+        with stops:
+            units_run.run(stopped=lambda: stops.received is not None)
     finally:
-        for _, _, proc in running.values():  # interrupted: leave no job behind
+        units_run.kill_running()  # interrupted: leave no job behind
+    not_started = [initial_job_idx + pos for u in units_run.pending for pos in units[u]]
+    end_interrupted_sweep(stops.received, units_run.interrupted, not_started)
+    return units_run.results
+
+
+class _Units:
+    """launch_units' processes: started while a slot is free, their results read as they come."""
+
+    def __init__(self, launcher, job_overrides, initial_job_idx: int, units: list[list[int]], slots: list,
+                 per_slot: int):
+        from hydra.core.singleton import Singleton
+
+        self.launcher, self.job_overrides, self.first = launcher, job_overrides, initial_job_idx
+        self.units, self.slots, self.per_slot = units, slots, per_slot
+        self.ctx = mp.get_context("spawn")  # a fresh interpreter per process: CUDA (maybe set up here) not inherited
+        self.singleton_state = Singleton.get_state()
+        self.load, self.next_slot = [0] * len(slots), 0
+        self.pending = list(range(len(units)))
+        self.running: dict = {}  # receiving end of the process's pipe -> (unit number, slot, process)
+        self.results: list = [None] * len(job_overrides)
+        self.interrupted: dict[int, dict] = {}  # job number -> its status.json (stopped by a signal, resumable)
+
+    def pids(self) -> list[int]:
+        return [proc.pid for _, _, proc in list(self.running.values()) if proc.pid]
+
+    def run(self, stopped) -> None:
+        while (self.pending and not stopped()) or self.running:
+            while self.pending and not stopped() and min(self.load) < self.per_slot:
+                self._start(self.pending.pop(0))
+            for recv in wait(list(self.running)):  # read results as they come: a full pipe would block the process
+                self._collect(recv)
+
+    def _start(self, u: int) -> None:
+        import cloudpickle
+        from hydra.core.utils import filter_overrides
+
+        slot = pick_slot(self.load, self.next_slot, self.per_slot)
+        self.next_slot = (slot + 1) % len(self.slots)
+        jobs = [(self.first + pos, self.job_overrides[pos]) for pos in self.units[u]]
+        payload = cloudpickle.dumps((jobs, self.launcher.hydra_context, self.launcher.config,
+                                     self.launcher.task_function, self.singleton_state))
+        recv, send = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_unit_process, args=(self.slots[slot], payload, send), name=f"sweep-unit-{u}")
+        proc.start()
+        send.close()  # only the process holds the sending end now: its exit means EOF here
+        self.load[slot] += 1
+        self.running[recv] = (u, slot, proc)
+        on = f" on GPU {self.slots[slot]}" if self.slots[slot] is not None else ""
+        for idx, overrides in jobs:
+            pack = f" (pack of {len(jobs)})" if len(jobs) > 1 else ""
+            log.info(f"\t#{idx}{on}{pack} : {' '.join(filter_overrides(overrides))}")
+
+    def _collect(self, recv) -> None:
+        import cloudpickle
+
+        u, slot, proc = self.running.pop(recv)
+        try:
+            data = recv.recv_bytes()
+        except EOFError:
+            data = None
+        recv.close()
+        proc.join(JOIN_TIMEOUT_S)
+        if proc.is_alive():
             proc.kill()
             proc.join()
-    return results
+        self.load[slot] -= 1
+        rets = cloudpickle.loads(data) if data is not None else None
+        for i, pos in enumerate(self.units[u]):
+            self.results[pos] = (rets[i] if rets is not None else
+                                 _record_crash(self.launcher, self.job_overrides[pos], self.first + pos,
+                                               self.slots[slot], proc.exitcode, self.interrupted))
+
+    def kill_running(self) -> None:
+        for _, _, proc in self.running.values():
+            proc.kill()
+            proc.join()
 
 
 def _unit_process(gpu, payload: bytes, conn) -> None:
@@ -138,15 +174,20 @@ def _unit_process(gpu, payload: bytes, conn) -> None:
     conn.close()
 
 
-def _record_crash(launcher, overrides: Sequence[str], idx: int, gpu: str, exitcode: int | None):
+def _record_crash(launcher, overrides: Sequence[str], idx: int, gpu: str, exitcode: int | None,
+                  interrupted: dict[int, dict]):
     """A job process that died without a result (killed, out of memory, a crash in native code) is
-    recorded as aevb records a failed job: failed.json in its folder, the sweep goes on."""
+    recorded as aevb records a failed job: failed.json in its folder, the sweep goes on. A job that a
+    stop signal interrupted (its status.json says so, with its checkpoint) goes into ``interrupted``."""
     from hydra.core.utils import JobReturn, JobStatus
 
     from aevb.atomic import write_json_atomic
 
     job_dir = _job_dir(launcher, overrides, idx)
-    if (job_dir / "summary.json").is_file():  # a pack's member that finished before its process ended
+    status = interrupted_status(job_dir)
+    if status is not None and not (job_dir / "summary.json").is_file():
+        interrupted[idx] = status
+    if status is not None or (job_dir / "summary.json").is_file():  # stopped, or a pack's finished member
         ret = JobReturn(overrides=list(overrides), working_dir=str(job_dir), status=JobStatus.COMPLETED)
         ret.return_value = None
         return ret

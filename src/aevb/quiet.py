@@ -1,7 +1,7 @@
 """Third-party noise off, with no heavy import: aevb-train installs it before it imports torch or Lightning.
 
 Filtered: Lightning's informational tips and device lines (``GPU available``, the litlogger tip,
-``weights_only`` notes), deprecation and future warnings raised outside aevb, and a few warnings
+``weights_only`` notes, its line on a second Ctrl-C, for which aevb writes its own), deprecation and future warnings raised outside aevb, and a few warnings
 known not to apply here (in-memory data needs no loader workers; ``srun`` present but unused).
 Warnings of any other kind and every error still show. ``AEVB_VERBOSE=1`` turns the filter off.
 """
@@ -15,7 +15,8 @@ import warnings
 
 NOISE_LINES = re.compile(r"^(GPU|TPU|HPU|IPU) available|Tip:|^`Trainer\.(fit|test|validate)` stopped|"
                          r"`weights_only` was not set|^LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES|"
-                         r"^You are using a CUDA device .* Tensor Cores")
+                         r"^You are using a CUDA device .* Tensor Cores|"
+                         r"Detected KeyboardInterrupt, attempting graceful shutdown")  # aevb says what it kept
 NOISE_WARNINGS = (r".*The `srun` command is available on your system but is not used",
                   r".*does not have many workers",
                   r".*is smaller than the logging interval",  # metrics here are per epoch / validation

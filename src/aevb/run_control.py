@@ -7,7 +7,8 @@ at the step boundary, and this callback then saves ``checkpoints/last.ckpt`` at 
 writes ``status.json`` (``interrupted``, the step and the command that resumes it) and,
 for SIGUSR1 under SLURM, requeues the job. ``aevb-train`` then exits with 128 + the signal
 number. A requeued SLURM job finds that status and resumes from the checkpoint by itself
-(``resume_after_requeue``). A second Ctrl-C stops at once.
+(``resume_after_requeue``). A second Ctrl-C stops at once, inside the step: status.json then names the
+last checkpoint written before it, and the exit status is 130 all the same.
 
 ``ContinueLogs`` makes loggers that can (``ResumableCSVLogger``) keep the rows a resumed
 run had already written, up to the step it resumes from.
@@ -65,7 +66,7 @@ def hydra_value(value: str) -> str:
     return f"'{escaped}'"
 
 
-def resume_command(ckpt: Path, run_dir: Path) -> str:
+def resume_command(ckpt: Path | None, run_dir: Path) -> str:
     """The command that resumes this run in its own folder, to be pasted into a shell as printed: the way the
     run was started (``make train ARGS=...`` or this environment's aevb-train by absolute path), the run's
     own overrides, and the data mirror when it came from $AEVB_DATA_MIRROR."""
@@ -80,7 +81,8 @@ def resume_command(ckpt: Path, run_dir: Path) -> str:
                      if not o.startswith(("ckpt_path=", "hydra.run.dir=", "hydra/launcher=", "hydra.launcher."))]
     except ValueError:  # not inside a Hydra run
         overrides = []
-    overrides += [f"ckpt_path={hydra_value(str(ckpt))}", f"hydra.run.dir={hydra_value(str(run_dir))}"]
+    overrides += [f"ckpt_path={hydra_value(str(ckpt))}"] if ckpt is not None else []  # None: start over
+    overrides += [f"hydra.run.dir={hydra_value(str(run_dir))}"]
     args = shlex.join(overrides)
     if os.environ.get(STARTED_BY_ENV) == "make train":
         command = f"make train ARGS={shlex.quote(args.replace('$', '$$'))}"  # make expands $ in ARGS once
@@ -99,7 +101,7 @@ def resume_after_requeue(run_dir: Path) -> Path | None:
         return None
     status = read_status(run_dir)
     if status.get("status") == "interrupted":
-        ckpt = Path(status.get("checkpoint", ""))
+        ckpt = Path(status.get("checkpoint") or "")
     else:
         ckpt = Path(run_dir) / "checkpoints" / "last.ckpt"
     return ckpt if ckpt.is_file() and status.get("status") != "finished" else None
@@ -117,9 +119,16 @@ def requeue_slurm_job() -> str | None:
 
 
 _THREAD_STOPS: list = []  # GracefulStops of runs in threads other than the main one (packed sweeps)
+_PACK_SIGNAL: dict = {"signal": None}  # the first stop signal to a pack's process: members that start later take it
+
+
 def dispatch_to_threads() -> None:
-    """In the main thread: hand every stop signal to the runs of the other threads (a pack's members)."""
+    """In the main thread: hand every stop signal to the runs of the other threads (a pack's members), and
+    to those that start training later (a signal while a member is still being built is not lost)."""
+    _PACK_SIGNAL["signal"] = take_early_stop()
+
     def handler(signum, frame):
+        _PACK_SIGNAL["signal"] = _PACK_SIGNAL["signal"] or signal.Signals(signum)
         for stop in list(_THREAD_STOPS):
             stop._thread_handlers[signum](signum, frame)
 
@@ -131,6 +140,7 @@ class GracefulStop(L.Callback):
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
         self._previous: dict = {}
+        self._saving = False  # while the stop's checkpoint is written, a second Ctrl-C waits for it
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after Lightning registered its own SIGTERM handler (at fit start), which we chain to
@@ -140,6 +150,9 @@ class GracefulStop(L.Callback):
             # it forwards every stop signal to the runs registered here (dispatch_to_threads)
             self._thread_handlers = {sig: self._make_handler(trainer, sig) for sig in STOP_SIGNALS}
             _THREAD_STOPS.append(self)
+            if _PACK_SIGNAL["signal"] is not None:  # it came while this member was being built
+                self.received = _PACK_SIGNAL["signal"]
+                trainer._signal_connector.received_sigterm = True
             return
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.getsignal(sig)
@@ -153,8 +166,8 @@ class GracefulStop(L.Callback):
         previous = self._previous.get(sig)
 
         def handler(signum, frame):
-            if self.received is not None and sig == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop now
+            if self.received is not None and sig == signal.SIGINT and not self._saving:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now (on_exception records it)
             self.received = self.received or signal.Signals(signum)
             if sig == signal.SIGTERM and callable(previous):
                 previous(signum, frame)  # Lightning's: sets the flag and tells the other DDP ranks
@@ -173,12 +186,18 @@ class GracefulStop(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_handlers()
-        if self.received is None or not isinstance(exception, SIGTERMException):
+        if self.received is None or not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             return
         run_dir = Path(trainer.default_root_dir)
         ckpt_dir = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else run_dir / "checkpoints"
         ckpt = (ckpt_dir / "last.ckpt").resolve()
-        trainer.save_checkpoint(ckpt)  # refuses (DivergedError) if the model has diverged
+        if isinstance(exception, KeyboardInterrupt):  # a second Ctrl-C, inside a step: its state is half-updated
+            self._stopped_at_once(trainer, pl_module, run_dir, ckpt)
+        self._saving = True
+        try:
+            trainer.save_checkpoint(ckpt)  # refuses (DivergedError) if the model has diverged
+        finally:
+            self._saving = False
         requeued = requeue_slurm_job() if self.received == signal.SIGUSR1 and trainer.is_global_zero else None
         if trainer.is_global_zero:
             write_status(run_dir, {
@@ -187,6 +206,22 @@ class GracefulStop(L.Callback):
                 "resume": resume_command(ckpt, run_dir.resolve()), "requeued_slurm_job": requeued,
             })
         raise RunInterrupted(128 + int(self.received))
+
+    def _stopped_at_once(self, trainer, pl_module, run_dir: Path, ckpt: Path) -> None:
+        """A second Ctrl-C stopped the run in the middle of a step: nothing of that moment is saved; status.json
+        points at the last checkpoint written before (if any), and the run exits 130 as after one Ctrl-C."""
+        import torch
+
+        kept = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True) if ckpt.is_file() else None
+        if trainer.is_global_zero:
+            write_status(run_dir, {
+                "status": "interrupted", "signal": "SIGINT", "at_once": True,
+                "step": int(kept["global_step"]) if kept else 0,
+                "samples_seen": int(kept.get("samples_seen", 0)) if kept else 0,
+                "stopped_at_step": int(trainer.global_step), "checkpoint": str(ckpt) if kept else None,
+                "resume": resume_command(ckpt if kept else None, run_dir.resolve()), "requeued_slurm_job": None,
+            })
+        raise RunInterrupted(128 + int(signal.SIGINT))
 
 
 class ResumableExperimentWriter(ExperimentWriter):

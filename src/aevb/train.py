@@ -15,6 +15,9 @@ from aevb.atomic import write_json_atomic
 from aevb.cli import CONF_DIR, check_values, fail, find_user_error, preflight, use_shared_mirror
 from aevb.errors import AevbError, ConfigError
 from aevb.evaluation import REPORTED_SPLITS, UNITS
+from aevb.run_lock import LOCK_FILE, RunFolderInUse
+from aevb.run_lock import acquire as acquire_run_folder
+from aevb.run_lock import release as release_run_folder
 from aevb.stop_signals import catch_early_stops
 from aevb.wandb_mode import prestart as prestart_wandb
 from aevb.wandb_mode import register_resolver
@@ -92,6 +95,7 @@ def run(cfg: DictConfig) -> dict:
     check_values(cfg)
     quiet_third_party()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    acquire_run_folder(out_dir)  # (already held when preflight took it: the folder was named on the command line)
     if rank_zero_only.rank == 0:
         print(f"run folder: {out_dir}", flush=True)
     started = time.time()
@@ -103,6 +107,8 @@ def run(cfg: DictConfig) -> dict:
     if ckpt_path:  # before anything in the run folder is written: a wrong checkpoint leaves it as it was
         check_resumable(ckpt_path, model)
         print(f"resuming from {ckpt_path}", flush=True)
+        if rank_zero_only.rank == 0:  # a launcher's record of how the earlier attempt ended is no longer true
+            (out_dir / "failed.json").unlink(missing_ok=True)
     print(f"parameters: encoder {type(model.encoder).__name__} {count_parameters(model.encoder):,},"
           f" decoder {type(model.decoder).__name__} {count_parameters(model.decoder):,}", flush=True)
     (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(model.run_config))  # what checkpoints carry
@@ -197,6 +203,12 @@ def _report_interrupted(out_dir: Path, trainer) -> None:
     status = read_status(out_dir)
     if trainer.is_global_zero and status.get("status") == "interrupted":
         requeued = f"; SLURM job {status['requeued_slurm_job']} requeued" if status.get("requeued_slurm_job") else ""
+        if status.get("at_once"):
+            kept = (f"the last checkpoint (step {status['step']:,}, {status['samples_seen']:,} training samples) is"
+                    " kept" if status.get("checkpoint") else "no checkpoint had been written yet: it starts over")
+            print(f"{PROG}: interrupted by a second SIGINT at once, inside step {status['stopped_at_step']:,};"
+                  f" {kept}. Resume with: {status['resume']}", file=sys.stderr, flush=True)
+            return
         print(f"{PROG}: interrupted by {status['signal']} at step {status['step']:,}"
               f" ({status['samples_seen']:,} training samples); checkpoint saved{requeued}."
               f" Resume with: {status['resume']}", file=sys.stderr, flush=True)
@@ -234,16 +246,35 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except Exception as exc:  # in a sweep, one job's crash must not lose the others' results
         user_error = find_user_error(exc)
         if not _is_multirun():
-            _clean_up_failed_run(user_error or exc)
+            if not isinstance(user_error, RunFolderInUse):  # the folder is the live run's: leave it as it is
+                _clean_up_failed_run(user_error or exc)
             if user_error is None:
                 raise
             fail(PROG, str(user_error))
         if os.environ.get("AEVB_TRACEBACK"):
             import traceback
             traceback.print_exc()
-        _record_failure(user_error or exc)
+        if not isinstance(user_error, RunFolderInUse):
+            _record_failure(user_error or exc)
+        else:
+            print(f"{PROG}: error: job {_job_num()} not run: {user_error}", file=sys.stderr, flush=True)
         return None
+    finally:
+        if _is_multirun():  # the next job of this process runs in another folder
+            release_run_folder(_output_dir())
     return summary["val/elbo"]
+
+
+def _output_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _job_num() -> int:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().job.num
 
 
 def _clean_up_failed_run(exc: BaseException) -> None:
@@ -258,7 +289,7 @@ def _clean_up_failed_run(exc: BaseException) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if not out_dir.is_dir():
         return
-    if all(p.name == ".hydra" or p.suffix == ".log" for p in out_dir.iterdir()):
+    if all(p.name in (".hydra", LOCK_FILE) or p.suffix == ".log" for p in out_dir.iterdir()):
         shutil.rmtree(out_dir, ignore_errors=True)
     elif not (out_dir / STATUS_FILE).exists():
         message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]

@@ -122,5 +122,9 @@ class ResidentBatches:
         # (the standard loop's DataLoader has its own generator, so neither path draws from the global
         # stream here: both consume the same random numbers, whether a run starts, resumes or not)
         epoch = step // per_epoch
+        if loop.model.trainer.current_epoch < epoch:
+            # resumed from a checkpoint of the epoch's last step, saved before Lightning counted that epoch as
+            # finished: this pass is that epoch's end (no steps left in it), the next pass is the next epoch
+            return
         loop.start_epoch(epoch)
         yield from loop.stops().chunks(epoch, step)
