@@ -231,8 +231,9 @@ def test_each_member_has_its_own_wandb_run(mirror, tmp_path):
 
 
 def test_stop_signal_checkpoints_every_member_and_each_resumes_as_a_single_run(mirror, tmp_path):
-    """SIGTERM to a pack's process: every member saves last.ckpt and status.json, the process ends as an
-    interrupted single job would (the sweep exits 1); a member then resumes alone from its own checkpoint."""
+    """SIGTERM to a pack's process (not to the sweep): every member saves last.ckpt and status.json, the
+    sweep reports them interrupted, not failed (exit 143, one line with each resume command, no
+    failed.json); a member then resumes alone from its own checkpoint."""
     import os
     import signal
     import subprocess
@@ -261,8 +262,12 @@ def test_stop_signal_checkpoints_every_member_and_each_resumes_as_a_single_run(m
         _, err = launcher.communicate(timeout=300)
     finally:
         launcher.kill()
-    assert launcher.returncode == 1, err[-2000:]
+    assert launcher.returncode == 128 + signal.SIGTERM, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("aevb-train: sweep ended with job(s) interrupted by SIGTERM"), last
+    assert "job 0: " in last and "job 1: " in last and last.count("ckpt_path=") == 2, last
     for job in "01":
+        assert not (sweep / job / "failed.json").exists()
         status = json.loads((sweep / job / "status.json").read_text())
         assert status["status"] == "interrupted" and status["signal"] == "SIGTERM"
         assert 0 < status["samples_seen"] < 300000 and Path(status["checkpoint"]).is_file()

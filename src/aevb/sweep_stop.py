@@ -5,8 +5,9 @@ to it alone (``kill <pid>``) is passed on to every running job process, which st
 step with a checkpoint and status.json as a single run does, and no further job is started. A signal
 to the whole process group (Ctrl-C in a terminal, ``kill -- -<pgid>``, a scheduler) reaches the jobs
 directly; the launching process passes SIGINT on as SIGTERM, since a second SIGINT would stop a job at
-once. Either way an interrupted job is reported as interrupted, never as failed, and the sweep ends
-with one line naming each interrupted job and its resume command, and exit status 128 + the signal.
+once. A signal sent to one job process only stops that job; the others run on. Either way an
+interrupted job is reported as interrupted, never as failed, and the sweep ends with one line naming
+each interrupted job and its resume command, and exit status 128 + the signal.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def end_interrupted_sweep(received: signal.Signals | None, interrupted: dict[int
             f"job {idx}: {status.get('resume')}" for idx, status in sorted(interrupted.items())))
     if not_started:
         parts.append(f"job(s) {job_list(not_started)} had not started")
-    print(f"{PROG}: sweep interrupted by {sig.name}: " + "; ".join(parts or ["no job was running"]),
-          file=sys.stderr, flush=True)
+    what = (f"sweep interrupted by {sig.name}" if received is not None
+            else f"sweep ended with job(s) interrupted by {sig.name} (sent to them, not to the sweep)")
+    print(f"{PROG}: {what}: " + "; ".join(parts or ["no job was running"]), file=sys.stderr, flush=True)
     sys.exit(128 + int(sig))
