@@ -16,6 +16,7 @@ from typing import NoReturn
 
 from omegaconf import DictConfig
 
+from aevb.activations import check_activation
 from aevb.errors import AevbError, ConfigError, require, require_positive_int
 
 CONF_DIR = Path(os.environ.get("AEVB_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
@@ -79,6 +80,8 @@ def check_values(cfg: DictConfig) -> None:
         for key, value in cfg.net[side].items():
             if key.endswith(("_dim", "_channels")) and isinstance(value, int):
                 require_positive_int(f"net.{side}.{key}", value)
+            if key == "activation":
+                check_activation(f"net.{side}.activation", value)
     if cfg.get("max_samples") is not None:
         n = cfg.max_samples
         integral = isinstance(n, int) or (isinstance(n, float) and n.is_integer())

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from aevb.activations import activation as make_activation
 from aevb.errors import require, require_positive_int
 from aevb.likelihoods import Likelihood
 from aevb.nets.base import Decoder, Encoder
@@ -51,9 +52,11 @@ def to_raw(out: Tensor, data_shape: Sequence[int], n_params: int) -> Tensor:
 
 
 class CNNEncoder(Encoder):
-    """One stride-2 3x3 conv + ReLU per entry of ``channels``, then a dense layer and linear mean/logvar heads."""
+    """One stride-2 3x3 conv + ReLU per entry of ``channels``, then a dense layer (``activation``, ReLU by
+    default) and linear mean/logvar heads."""
 
-    def __init__(self, data_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), hidden_dim: int = 256):
+    def __init__(self, data_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64), hidden_dim: int = 256,
+                 activation: str = "relu"):
         super().__init__(data_shape, latent_dim)
         widths = positive_ints("net.encoder.channels", channels)
         require_positive_int("net.encoder.hidden_dim", hidden_dim)
@@ -63,7 +66,8 @@ class CNNEncoder(Encoder):
             layers += [nn.Conv2d(prev, width, 3, stride=2, padding=1), nn.ReLU()]
             prev = width
         flat = prev * math.prod(bottom_size(self.data_shape, len(widths)))
-        self.features = nn.Sequential(*layers, nn.Flatten(), nn.Linear(flat, hidden_dim), nn.ReLU())
+        dense = make_activation("net.encoder.activation", activation)
+        self.features = nn.Sequential(*layers, nn.Flatten(), nn.Linear(flat, hidden_dim), dense)
         self.mean = nn.Linear(hidden_dim, latent_dim)
         self.logvar = nn.Linear(hidden_dim, latent_dim)
 
@@ -76,7 +80,8 @@ class CNNEncoder(Encoder):
 
 
 class CNNDecoder(Decoder):
-    """Mirror of CNNEncoder: dense layers to the bottom feature map, one 2x transposed conv + ReLU per
+    """Mirror of CNNEncoder: dense layers (``activation``, ReLU by default) to the bottom feature map, one
+    2x transposed conv + ReLU per
     entry of ``channels`` (widest first), a 3x3 conv to n_params * C maps, centre-cropped to H x W.
 
     Takes z flattened, so it also serves encoders with a spatial latent of latent_dim elements.
@@ -89,6 +94,7 @@ class CNNDecoder(Decoder):
         likelihood: Likelihood,
         channels: Sequence[int] = (32, 64),
         hidden_dim: int = 256,
+        activation: str = "relu",
     ):
         super().__init__(data_shape, latent_dim, likelihood)
         widths = positive_ints("net.decoder.channels", channels)
@@ -97,9 +103,9 @@ class CNNDecoder(Decoder):
         self.stem = nn.Sequential(
             nn.Flatten(),
             nn.Linear(latent_dim, hidden_dim),
-            nn.ReLU(),
+            make_activation("net.decoder.activation", activation),
             nn.Linear(hidden_dim, widths[-1] * h * w),
-            nn.ReLU(),
+            make_activation("net.decoder.activation", activation),
             nn.Unflatten(1, (widths[-1], h, w)),
         )
         layers: list[nn.Module] = []
