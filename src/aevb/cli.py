@@ -94,6 +94,9 @@ def check_values(cfg: DictConfig) -> None:
     if cfg.get("ckpt_path"):
         require(Path(str(cfg.ckpt_path)).is_file(), f"ckpt_path {cfg.ckpt_path} does not exist")
 
+    every = (cfg.get("callbacks") or {}).get("test_every_n_epochs", 0)
+    require(isinstance(every, int) and not isinstance(every, bool) and every >= 0,
+            f"callbacks.test_every_n_epochs must be a whole number >= 0 (0: never), got {every!r}")
     check_accelerator(cfg.get("trainer") or {})
     fast = cfg.get("fast") or {}
     steps, compile = fast.get("steps_per_call", 1), str(fast.get("compile", "auto")).lower()

@@ -114,7 +114,8 @@ def run(cfg: DictConfig) -> dict:
     (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(model.run_config))  # what checkpoints carry
 
     loggers = make_loggers(cfg, model.run_config, extra=lambda node: _continue_wandb_run(node, out_dir, ckpt_path))
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c is not None]
+    # (entries without a _target_ are settings the callbacks read, e.g. callbacks.test_every_n_epochs)
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if isinstance(c, DictConfig)]
     if active_pack() is not None:  # members of a pack share one console: no live bars, the epoch lines stay
         callbacks = [c for c in callbacks if "ProgressBar" not in type(c).__name__]
     callbacks += [GracefulStop(), ContinueLogs()]
