@@ -12,7 +12,8 @@ import lightning as L
 class SignalAt(L.Callback):
     """Send ``sig`` (a name: SIGKILL, SIGTERM, SIGINT, SIGUSR1) to this process at ``step``, after that
     training step (``where=train``), at the first validation batch from that step on (``where=validation``), or at
-    the end of the epoch that holds that step (``where=epoch_end``: after its last step's checkpoint). ``target``:
+    the end of the epoch that holds that step (``where=epoch_end``: after its last step's checkpoint), or before
+the first training batch from that step on (``where=next_batch``: after an epoch-end checkpoint). ``target``:
     this process (``self``), its parent (``parent``) or its process group (``group``); ``times``: how often."""
 
     def __init__(self, step: int, sig: str = "SIGKILL", where: str = "train", target: str = "self",
@@ -36,6 +37,12 @@ class SignalAt(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.where == "train":
+            self._maybe_send(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # before the first step after ``step``: whatever the end of the previous one saved (Lightning runs its
+        # checkpoint callbacks after every other callback's hook, epoch ends included) is on disk by now
+        if self.where == "next_batch":
             self._maybe_send(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

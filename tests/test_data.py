@@ -37,8 +37,12 @@ def test_mnist_validation_size_is_configurable(mirror):
     dm = MNISTDataModule(mirror=str(mirror), val_size=5000)
     dm.setup()
     assert len(dm.splits["train"]) == 55_000 and len(dm.splits["val"]) == 5000
-    with pytest.raises(ConfigError, match="data.val_size"):
-        MNISTDataModule(mirror=str(mirror), val_size=0)
+    for bad in (-1, 60_000, True):
+        with pytest.raises(ConfigError, match=r"data.val_size must be between 0 \(no validation set\) and 59999"):
+            MNISTDataModule(mirror=str(mirror), val_size=bad)
+    every = MNISTDataModule(mirror=str(mirror), val_size=0)
+    assert every.n_train == 60_000 and every.split_size("val") == 0 and not every.has_val
+    assert every.splits["val"].shape == (0, 1, 28, 28) and len(every.train_dataloader()) == 600
 
 
 def test_frey_face_shapes_split_and_pixel_scale(frey, mirror):

@@ -52,13 +52,15 @@ def load_as(cls, ckpt_path: str | Path, map_location=None):
     return model
 
 
-def best_checkpoint(trainer, final_val_elbo: float) -> str | None:
+def best_checkpoint(trainer, final_val_elbo: float | None) -> str | None:
     """Make ``best.ckpt`` the model with the highest val ELBO among the validations during fit *and the final
     model* (its val ELBO from the final evaluation), so every finished run has one, also when no validation
     ran (a budget under one epoch). Call after last.ckpt holds the final model; returns a line for the report."""
     import shutil
 
     cb = trainer.checkpoint_callback
+    if final_val_elbo is None and cb is not None and cb.dirpath is not None and "{" not in (cb.filename or "{"):
+        return _final_is_best(Path(cb.dirpath), cb.filename, int(trainer.global_step))  # no validation set
     if cb is None or cb.dirpath is None or cb.monitor != "val/elbo" or "{" in (cb.filename or "{"):
         return None
     best, last = Path(cb.dirpath) / f"{cb.filename}.ckpt", Path(cb.dirpath) / "last.ckpt"
@@ -71,6 +73,17 @@ def best_checkpoint(trainer, final_val_elbo: float) -> str | None:
         shutil.copyfile(last, tmp)
         os.replace(tmp, best)  # atomic, like every checkpoint aevb writes
     return best_line(better, int(trainer.global_step), None if better else saved_step(best), final_val_elbo, score)
+
+
+def _final_is_best(dirpath: Path, filename: str, step: int) -> str:
+    """Without a validation set nothing ranks the models: best.ckpt is the final model."""
+    import shutil
+
+    best = dirpath / f"{filename}.ckpt"
+    tmp = best.with_name(f".{best.name}.tmp")
+    shutil.copyfile(dirpath / "last.ckpt", tmp)
+    os.replace(tmp, best)
+    return f"best.ckpt: the final model, same as last.ckpt (step {step:,}); no validation set (data.val_size=0)"
 
 
 def saved_step(ckpt: Path) -> int | None:

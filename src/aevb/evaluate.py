@@ -59,6 +59,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     model, dm, _ = load_model(ckpt, map_location=args.device)
     model.to(args.device)
     x = dm.splits[SPLITS[args.split]]
+    require(len(x) > 0, f"the {args.split} split of this run is empty (it was trained with data.val_size=0): "
+                        "choose --split test or train")
     if args.max_datapoints is not None:
         require(args.max_datapoints > 0, f"--max-datapoints must be > 0, got {args.max_datapoints}")
         x = x[: args.max_datapoints]

@@ -259,7 +259,8 @@ def config_train_size(run_dir: Path) -> int | None:
         if size is not None:
             return int(size)
         if _dataset_from_target(sel("data._target_")) == "mnist":
-            return 60_000 - int(sel("data.val_size") or 10_000)
+            val = sel("data.val_size")
+            return 60_000 - int(10_000 if val is None else val)
         return None
 
     return _from_config(run_dir, read)

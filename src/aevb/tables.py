@@ -79,7 +79,7 @@ def results_markdown(runs: list[Run], title: str = "Sweep results") -> str:
     ]
     for row in result_rows(runs):
         def elbo(split: str) -> str:
-            if row[f"{split}_elbo"] == "":
+            if row[f"{split}_elbo"] in ("", None):  # (None: no such split, data.val_size=0)
                 return ""
             n = _num(row[f"{split}_n"], ",")
             return f"{_num(row[f'{split}_elbo'], '.2f')}" + (f" ({n})" if n else "")

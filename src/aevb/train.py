@@ -42,13 +42,15 @@ class Phases:
 def final_evaluation(trainer, model, dm) -> dict:
     """ELBO of the final model on a fixed train subset, val and test, in nats per datapoint: one test pass over
     the three splits' loaders (one Lightning evaluation loop, not three)."""
-    splits = list(REPORTED_SPLITS.items())
+    splits = [(name, split) for name, split in REPORTED_SPLITS.items() if dm.split_size(split) > 0]
     model.select_eval_splits([split for _, split in splits])
     loaders = [dm.eval_dataloader(split, distributed=True) for _, split in splits]
     results: dict = {}
     for res in trainer.test(model, dataloaders=loaders, verbose=False):
         results.update(res)
     out: dict = {}
+    for prefix in REPORTED_SPLITS.keys() - {name for name, _ in splits}:  # no such split (data.val_size=0)
+        out.update({f"{prefix}/elbo": None, f"{prefix}/recon": None, f"{prefix}/kl": None, f"{prefix}/n_datapoints": 0})
     for prefix, _ in splits:
         for term in ("elbo", "recon", "kl"):
             out[f"{prefix}/{term}"] = float(results[f"final/{prefix}/{term}"])
@@ -61,6 +63,9 @@ def print_report(summary: dict) -> None:
     print(f"\nFinal ELBO ({UNITS}; {summary['dataset']}, N_z = {summary['latent_dim']},"
           f" after {summary['samples_seen']:,} training samples evaluated):")
     for prefix, label in (("train", "train (fixed subset)"), ("val", "val"), ("test", "test")):
+        if summary[prefix + "/elbo"] is None:
+            print(f"  {label:<20} none (data.val_size=0: every training image was trained on)")
+            continue
         print(f"  {label:<20} ELBO {summary[prefix + '/elbo']:9.2f}  reconstruction {summary[prefix + '/recon']:9.2f}"
               f"  KL {summary[prefix + '/kl']:7.2f}  ({summary[prefix + '/n_datapoints']:,} datapoints)")
     print(f"test ELBO: {summary['test/elbo']:.2f} {UNITS} ({summary['dataset']} test split,"
@@ -87,6 +92,7 @@ def run(cfg: DictConfig) -> dict:
     from aevb.dashboards import make_loggers
     from aevb.fast import enable_fast_path
     from aevb.nets.base import count_parameters
+    from aevb.no_validation import trainer_overrides, without_validation
     from aevb.packed.coordinator import active_pack
     from aevb.resume import check_resumable
     from aevb.run_control import ContinueLogs, GracefulStop, RunInterrupted, resume_after_requeue, write_status
@@ -103,6 +109,8 @@ def run(cfg: DictConfig) -> dict:
     dm, model = build(cfg)
     dm.setup()
     phases.done("data_and_networks")
+    if not dm.has_val and cfg.get("callbacks"):
+        without_validation(cfg.callbacks)  # data.val_size=0: checkpoints at epoch ends, nothing monitors val/
     ckpt_path = cfg.get("ckpt_path") or resume_after_requeue(out_dir)
     if ckpt_path:  # before anything in the run folder is written: a wrong checkpoint leaves it as it was
         check_resumable(ckpt_path, model)
@@ -123,7 +131,7 @@ def run(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=_plugins(),
                           enable_checkpointing=any(type(c).__name__ == "ModelCheckpoint" for c in callbacks),
                           enable_progress_bar=any("ProgressBar" in type(c).__name__ for c in callbacks),
-                          **({"max_epochs": -1} if cfg.get("max_samples") else {}))
+                          **({"max_epochs": -1} if cfg.get("max_samples") else {}), **trainer_overrides(dm.has_val))
     if cfg.get("max_samples"):
         per_step = dm.batch_size * trainer.world_size  # the real world size, whatever `devices` said
         trainer.fit_loop.epoch_loop.max_steps = math.ceil(int(cfg.max_samples) / per_step)

@@ -145,6 +145,11 @@ class ImageDataModule(L.LightningDataModule):
         self.setup()
         return len(self.splits["train"])
 
+    @property
+    def has_val(self) -> bool:
+        """False when data.val_size=0: every training image is trained on, nothing is validated."""
+        return self.split_size("val") > 0
+
     def split_size(self, split: str) -> int:
         self.setup()
         return len(self.splits[split])

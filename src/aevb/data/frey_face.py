@@ -55,9 +55,10 @@ class FreyFaceDataModule(ImageDataModule):
     def __init__(self, val_size: int = 200, test_size: int = 200, split_seed: int = 0, verify_checksums: bool = True, **kwargs):
         super().__init__(**kwargs)
         require(
-            isinstance(val_size, int) and isinstance(test_size, int) and val_size > 0 and test_size > 0
+            isinstance(val_size, int) and isinstance(test_size, int) and val_size >= 0 and test_size > 0
             and val_size + test_size < N_FRAMES,
-            f"data.val_size and data.test_size must be > 0 and leave training frames, got {val_size} and {test_size}",
+            f"data.val_size must be >= 0 (0: no validation set) and data.test_size > 0, leaving training frames,"
+            f" got {val_size} and {test_size}",
         )
         self.val_size, self.test_size, self.split_seed = val_size, test_size, split_seed
         self.verify_checksums = verify_checksums

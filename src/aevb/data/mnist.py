@@ -62,7 +62,8 @@ def parse_idx(data: bytes, path: str, magic: int, shape: tuple[int, ...]) -> np.
 
 
 class MNISTDataModule(ImageDataModule):
-    """MNIST, 28x28, pixels / 255. The last ``val_size`` training images are the validation set.
+    """MNIST, 28x28, pixels / 255. The last ``val_size`` training images are the validation set
+    (0: none, every one of the 60,000 is trained on).
 
     ``train_size`` keeps only the first ``train_size`` images of the remaining training
     split (Figure 3 trains on 1000 and on 50000 points); None keeps them all. ``n_train``
@@ -74,8 +75,8 @@ class MNISTDataModule(ImageDataModule):
     def __init__(self, val_size: int = 10000, verify_checksums: bool = True, train_size: int | None = None, **kwargs):
         super().__init__(**kwargs)
         require(
-            isinstance(val_size, int) and 0 < val_size < N_TRAIN_FILE,
-            f"data.val_size must be between 1 and {N_TRAIN_FILE - 1}, got {val_size}",
+            isinstance(val_size, int) and not isinstance(val_size, bool) and 0 <= val_size < N_TRAIN_FILE,
+            f"data.val_size must be between 0 (no validation set) and {N_TRAIN_FILE - 1}, got {val_size}",
         )
         available = N_TRAIN_FILE - val_size
         require(
