@@ -6,6 +6,7 @@ import importlib.util
 import os
 
 import pytest
+from omegaconf import DictConfig
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
@@ -29,6 +30,18 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def _own_data(mnist, tmp_path) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    digits = (mnist.splits["test"][:20, 0].numpy() * 255).astype(np.uint8)
+    (tmp_path / "own_images").mkdir()
+    for i, a in enumerate(digits):
+        Image.fromarray(a).save(tmp_path / "own_images" / f"{i}.png")
+    np.save(tmp_path / "own.npy", digits)
+    return {"image_folder": tmp_path / "own_images", "array": tmp_path / "own.npy"}
+
+
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_option_of_every_group_composes(group, mnist, frey, tmp_path, monkeypatch):
     """Every option composes and its targets instantiate: data module, networks and model (through
@@ -41,16 +54,18 @@ def test_every_option_of_every_group_composes(group, mnist, frey, tmp_path, monk
     monkeypatch.setenv("WANDB_MODE", "offline")
     options = _options(group)
     assert options, f"conf/{group} is empty"
+    own = _own_data(mnist, tmp_path)  # data=image_folder / data=array read files made here from MNIST digits
     for option in options:
-        cfg = compose([f"{group}={option}"], output_dir=tmp_path / option)
+        extra = [f"data.path={own[option]}"] if group == "data" and option in own else []
+        cfg = compose([f"{group}={option}", *extra], output_dir=tmp_path / option)
         for target in _targets(cfg):
             assert get_object(target) is not None, f"{group}={option}: {target} does not import"
         data = instantiate(cfg.data)  # reads no data before setup()
-        _, model = build(cfg, data_module={"mnist": mnist, "frey_face": frey}[data.name])
+        _, model = build(cfg, data_module={"mnist": mnist, "frey_face": frey}.get(data.name, data))
         assert model.latent_dim == cfg.model.latent_dim and type(model).__name__ == cfg.model._target_.rsplit(".")[-1]
         for node in ("callbacks", "logger"):
-            for key, sub in (cfg.get(node) or {}).items():
-                if sub is not None and not (key == "tensorboard" and not TENSORBOARD):  # optional package
+            for key, sub in (cfg.get(node) or {}).items():  # (a scalar is a setting, e.g. test_every_n_epochs)
+                if isinstance(sub, DictConfig) and not (key == "tensorboard" and not TENSORBOARD):  # optional package
                     assert type(instantiate(sub)).__name__ == sub._target_.rsplit(".")[-1], f"{group}={option}: {key}"
         if cfg.trainer.accelerator == "gpu" and torch.cuda.device_count() < cfg.trainer.devices:
             continue  # composed and imported above; instantiating needs the GPUs

@@ -74,7 +74,7 @@ def condense(text: str, cause: str = "") -> str:
 def check_values(cfg: DictConfig) -> None:
     """Checks that need no data: fail before any work with the config key in the message."""
     if "data" not in cfg or "_target_" not in cfg.data:
-        raise ConfigError("no dataset selected (use data=mnist or data=frey_face)")
+        raise ConfigError("no dataset selected (use data=mnist, data=frey_face, data=image_folder or data=array)")
     require_positive_int("model.latent_dim", cfg.model.get("latent_dim"))
     for side in ("encoder", "decoder"):
         for key, value in cfg.net[side].items():
