@@ -39,7 +39,7 @@ train: install  ## train the paper's MNIST model (N_z = 20, 10^6 samples); ARGS=
 	AEVB_STARTED_BY="make train" $(BIN)/aevb-train $(ARGS)
 
 test: install  ## run the tests (not the slow ones)
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -m "not slow" --durations=30 $(ARGS)
 
 test-slow: install  ## run the slow 10^6-sample fidelity tests
 	$(BIN)/python -m pytest -m slow $(ARGS)
