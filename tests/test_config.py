@@ -6,9 +6,8 @@ import importlib.util
 import os
 
 import pytest
-from omegaconf import DictConfig
 from hydra.utils import get_object
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from helpers import CONF_DIR, assert_one_line_error, compose, run_cli
 

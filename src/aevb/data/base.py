@@ -21,6 +21,14 @@ from aevb.seeds import derived_seed
 BINARIZE = ("none", "static", "dynamic")
 
 
+def seeded_split(x: Tensor, n_test: int, n_val: int, seed: int) -> dict[str, Tensor]:
+    """{"train", "val", "test"} from one seeded permutation of ``x``'s rows, each kept in ``x``'s order, so a
+    split is a function of (data, sizes, seed) alone and a resumed run sees the same one."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    test, val, train = order.split([n_test, n_val, len(x) - n_test - n_val])
+    return {"train": x[train.sort().values], "val": x[val.sort().values], "test": x[test.sort().values]}
+
+
 class TensorBatches(Dataset):
     """Dataset whose __getitem__ takes a list of indices and returns the whole batch."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aevb.data.base import ImageDataModule
+from aevb.data.base import ImageDataModule, seeded_split
 from aevb.data.sources import RawFile, locate, move_into_place
 from aevb.errors import DataError, require
 
@@ -68,6 +68,4 @@ class FreyFaceDataModule(ImageDataModule):
         ff = parse_mat(data, FILE.relpath)
         # anglepy: loadmat(...)['ff'].T / 256. -> (1965, 560) rows in (28, 20) row-major pixel order
         x = torch.from_numpy(ff.T.astype(np.float32) / 256.0).reshape(N_FRAMES, 1, HEIGHT, WIDTH)
-        order = torch.randperm(N_FRAMES, generator=torch.Generator().manual_seed(self.split_seed))
-        test, val, train = order.split([self.test_size, self.val_size, N_FRAMES - self.test_size - self.val_size])
-        return {"train": x[train.sort().values], "val": x[val.sort().values], "test": x[test.sort().values]}
+        return seeded_split(x, self.test_size, self.val_size, self.split_seed)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aevb.data.base import ImageDataModule
+from aevb.data.base import ImageDataModule, seeded_split
 from aevb.errors import DataError, require
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -49,13 +49,13 @@ class OwnDataModule(ImageDataModule):
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.fingerprint: str | None = None
 
-    def read(self) -> tuple[torch.Tensor, list[str]]:
-        """(N, C, H, W) float tensor in [0, 1] in a fixed order, and a name per image for messages."""
+    def read(self) -> torch.Tensor:
+        """(N, C, H, W) float tensor in [0, 1], in a fixed order."""
         raise NotImplementedError
 
     def load_splits(self) -> dict[str, torch.Tensor]:
         require(self.path.exists(), f"data.path {self.path} does not exist")
-        x, _ = self.read()
+        x = self.read()
         if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
             x = F.interpolate(x, size=tuple(self.size), mode="bilinear", antialias=True, align_corners=False)
             x = x.clamp_(0.0, 1.0)
@@ -66,9 +66,7 @@ class OwnDataModule(ImageDataModule):
                 f" val split of {self.val_fraction} (at least one test and one training image)")
         digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
         self.fingerprint = f"{n}x{'x'.join(map(str, x.shape[1:]))}:{digest}:seed{self.split_seed}"
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-        test, val, train = order.split([n_test, n_val, n - n_test - n_val])
-        return {"train": x[train.sort().values], "val": x[val.sort().values], "test": x[test.sort().values]}
+        return seeded_split(x, n_test, n_val, self.split_seed)
 
     # the checkpoint carries the data's fingerprint: a resume on other images is refused
     def state_dict(self) -> dict:
@@ -103,7 +101,7 @@ class ImageFolderDataModule(OwnDataModule):
 
     name = "image_folder"
 
-    def read(self) -> tuple[torch.Tensor, list[str]]:
+    def read(self) -> torch.Tensor:
         from PIL import Image, UnidentifiedImageError
 
         require(self.path.is_dir(), f"data.path {self.path} is not a folder (data=array reads one file)")
@@ -111,7 +109,7 @@ class ImageFolderDataModule(OwnDataModule):
         require(bool(files), f"data.path {self.path} holds no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)}"
                              " files")
         images, names = [], [str(p.relative_to(self.path)) for p in files]
-        for p, name in zip(files, names):
+        for p in files:
             try:
                 with Image.open(p) as im:
                     im.load()
@@ -134,7 +132,7 @@ class ImageFolderDataModule(OwnDataModule):
             arrays = [np.asarray(im.convert(mode).resize((w, h), Image.Resampling.BILINEAR)) for im in images]
         a = np.stack(arrays)
         a = a[:, None] if a.ndim == 3 else a.transpose(0, 3, 1, 2)  # (N, C, H, W)
-        return torch.from_numpy(np.ascontiguousarray(_to_unit(a, str(self.path)))), names
+        return torch.from_numpy(np.ascontiguousarray(_to_unit(a, str(self.path))))
 
 
 class ArrayDataModule(OwnDataModule):
@@ -147,7 +145,7 @@ class ArrayDataModule(OwnDataModule):
         super().__init__(**kwargs)
         self.key = key
 
-    def read(self) -> tuple[torch.Tensor, list[str]]:
+    def read(self) -> torch.Tensor:
         p = self.path
         require(p.is_file(), f"data.path {p} is not a file (data=image_folder reads a folder)")
         require(p.suffix.lower() in ARRAY_SUFFIXES,
@@ -173,4 +171,4 @@ class ArrayDataModule(OwnDataModule):
         require(a.ndim in (3, 4) and len(a) > 0 and all(s > 0 for s in a.shape),
                 f"{p}: expected N x H x W or N x C x H x W images, got shape {tuple(a.shape)}")
         a = a[:, None] if a.ndim == 3 else a
-        return torch.from_numpy(np.ascontiguousarray(_to_unit(a, str(p)))), [f"{p}[{i}]" for i in range(len(a))]
+        return torch.from_numpy(np.ascontiguousarray(_to_unit(a, str(p))))
