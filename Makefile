@@ -20,7 +20,7 @@ ifneq ($(wildcard ../shared/data/mnist),)
 export AEVB_DATA_MIRROR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help install train test test-slow bench gpu-check test-slurm slurm-up slurm-down fig2-mnist fig2-frey fig3 fig4 fig5 fig4-figures fig5-figures figures clean
+.PHONY: help install train test test-e2e test-full test-slow bench gpu-check test-slurm slurm-up slurm-down fig2-mnist fig2-frey fig3 fig4 fig5 fig4-figures fig5-figures figures clean
 
 .DEFAULT_GOAL := install
 help:  ## list the targets, one line each
@@ -38,8 +38,14 @@ $(VENV)/.installed: pyproject.toml
 train: install  ## train the paper's MNIST model (N_z = 20, 10^6 samples); ARGS="..." for overrides
 	AEVB_STARTED_BY="make train" $(BIN)/aevb-train $(ARGS)
 
-test: install  ## run the tests (not the slow ones)
-	$(BIN)/python -m pytest -m "not slow" --durations=30 $(ARGS)
+test: install  ## run the tests (not the slow ones, not the longest end-to-end sweeps)
+	$(BIN)/python -m pytest -m "not slow and not e2e" --durations=30 $(ARGS)
+
+test-e2e: install  ## the longest end-to-end sweeps (packed sweeps against single runs, the CPU gpu-check)
+	$(BIN)/python -m pytest -m "e2e" --durations=10 $(ARGS)
+
+test-full: install  ## every test but the slow ones (make test and make test-e2e together)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 test-slow: install  ## run the slow 10^6-sample fidelity tests
 	$(BIN)/python -m pytest -m slow $(ARGS)

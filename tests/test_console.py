@@ -11,6 +11,7 @@ import pytest
 from aevb.checkpoints import best_line, saved_step
 from aevb.console import (WIDTH, Pace, ProgressBar, budget_steps, eta_seconds, format_duration, format_rate,
                           samples_left, samples_per_second, status_text, validation_line)
+from aevb.data.batches import BatchPlan
 from helpers import run_cli
 
 
@@ -22,10 +23,11 @@ class Clock:
         return self.now
 
 
-def _trainer(global_step=0, max_steps=200, max_epochs=-1, per_epoch=20, batch=100, world=1):
+def _trainer(global_step=0, max_steps=200, max_epochs=-1, per_epoch=20, batch=100, world=1, n=None, drop_last=True):
+    n = per_epoch * batch * world if n is None else n
     return SimpleNamespace(global_step=global_step, max_steps=max_steps, max_epochs=max_epochs,
                            num_training_batches=per_epoch, world_size=world,
-                           datamodule=SimpleNamespace(batch_size=batch))
+                           datamodule=SimpleNamespace(batch_plan=lambda w: BatchPlan(n, batch, w, drop_last)))
 
 
 # -- rate and ETA ------------------------------------------------------------------------------------------
@@ -51,6 +53,8 @@ def test_budget_is_in_optimiser_steps_on_both_loops():
     assert samples_left(_trainer(global_step=120)) == 8_000
     assert samples_left(_trainer(global_step=120, world=2)) == 16_000  # samples of every rank
     assert samples_left(_trainer(global_step=250)) == 0
+    # data.drop_last=false: 1,950 images in 20 steps of 100, each epoch's last of 50
+    assert samples_left(_trainer(global_step=10, max_steps=40, n=1950, drop_last=False)) == 950 + 1950
 
 
 def test_pace_leaves_validation_out_of_the_rate_not_of_the_eta():

@@ -17,6 +17,7 @@ import torch
 from aevb.callbacks import ElboCurve
 from aevb.data.base import EpochShuffle
 from aevb.fast.adagrad import adagrad_state, adagrad_step_, count_steps_, supports
+from aevb.data.batches import BatchPlan
 from aevb.fast.plan import StopPoints, epoch_batches
 from helpers import compose
 from helpers import assert_one_line_error, run_cli
@@ -76,8 +77,8 @@ def _boundaries(chunks):
 
 def test_chunks_end_at_every_curve_point_validation_checkpoint_and_the_budget():
     curve = ElboCurve(points_per_decade=4, start=1000)
-    stops = StopPoints(steps_per_epoch=500, steps_per_call=64, max_steps=1234, val_every=120, ckpt_every=(300,),
-                       curves=(curve,), samples_per_step=100)
+    stops = StopPoints(plan=BatchPlan(50_000, 100), steps_per_call=64, max_steps=1234, val_every=120,
+                       ckpt_every=(300,), curves=(curve,))
     chunks = [c for e in range(3) for c in stops.chunks(e, e * 500)]
     steps = [(c.epoch * 500 + c.start, c.epoch * 500 + c.stop) for c in chunks]
     assert steps[0][0] == 0 and steps[-1][1] == 1234  # every step once, up to the budget

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from helpers import REPO
 
 
@@ -19,6 +21,7 @@ def gpu_check(*args: str, env_extra: dict, timeout: int = 60) -> subprocess.Comp
                           timeout=timeout)
 
 
+@pytest.mark.e2e  # ~65 s: the whole gpu-check script, on the CPU
 def test_dry_run_on_cpu_writes_json_and_markdown_report_with_rates_and_projection(mirror, tmp_path):
     out = tmp_path / "report"
     start = time.time()

@@ -153,6 +153,7 @@ RUNS = {"aevb_mnist": TINY,  # with hydra.launcher.pad_latents=true below: N_z 3
                             "callbacks.progress_bar=null"]}  # pad_latents=auto: on CPU, one program per N_z
 
 
+@pytest.mark.e2e  # ~110 s for both: a 4-job packed sweep and two single runs each
 @pytest.mark.parametrize("runs", sorted(RUNS))
 def test_packed_sweep_equals_single_runs(mirror, tmp_path, runs):
     env = {"AEVB_DATA_MIRROR": str(mirror), "OMP_NUM_THREADS": "1"}
@@ -230,6 +231,7 @@ def test_each_member_has_its_own_wandb_run(mirror, tmp_path):
     assert len(ids) == 2
 
 
+@pytest.mark.e2e  # ~150 s: a packed sweep stopped, then each member resumed
 def test_stop_signal_checkpoints_every_member_and_each_resumes_as_a_single_run(mirror, tmp_path):
     """SIGTERM to a pack's process (not to the sweep): every member saves last.ckpt and status.json, the
     sweep reports them interrupted, not failed (exit 143, one line with each resume command, no

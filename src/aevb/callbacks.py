@@ -136,7 +136,7 @@ class ScheduledTestElbo(CurveFile):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # a whole epoch ends here (not a budget reached inside one: the final evaluation reports that point)
-        per_epoch = trainer.num_training_batches * trainer.datamodule.batch_size * trainer.world_size
+        per_epoch = trainer.datamodule.batch_plan(trainer.world_size).samples_per_epoch
         seen = int(pl_module.samples_seen)
         if not self.every_n_epochs or seen == 0 or seen % per_epoch or seen == self.last_evaluated:
             return
@@ -147,6 +147,6 @@ class ScheduledTestElbo(CurveFile):
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         with eval_mode(pl_module):
             test, n_test = mean_elbo(pl_module, trainer.datamodule.eval_dataloader("test"), pl_module.device)
-        per_epoch = trainer.num_training_batches * trainer.datamodule.batch_size * trainer.world_size
+        per_epoch = trainer.datamodule.batch_plan(trainer.world_size).samples_per_epoch
         epoch = int(pl_module.samples_seen) // per_epoch  # epochs completed
         self.append_row(trainer, pl_module, (epoch, test, n_test), {"test/elbo": test, "epoch": epoch})

@@ -118,13 +118,13 @@ def budget_steps(trainer: L.Trainer) -> int | None:
 
 
 def samples_left(trainer: L.Trainer) -> int | None:
-    """Training samples still to evaluate before the budget: steps left x samples per step (all ranks)."""
+    """Training samples still to evaluate before the budget, all ranks (the data's batch plan counts them)."""
     end = budget_steps(trainer)
-    dm = getattr(trainer, "datamodule", None)
-    batch = getattr(dm, "batch_size", None)
-    if end is None or batch is None:
+    plan = getattr(getattr(trainer, "datamodule", None), "batch_plan", None)
+    if end is None or plan is None:
         return None
-    return max(0, end - trainer.global_step) * int(batch) * trainer.world_size
+    plan = plan(trainer.world_size)
+    return max(0, plan.samples(end) - plan.samples(trainer.global_step))
 
 
 class Pace:

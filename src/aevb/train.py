@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -133,9 +132,9 @@ def run(cfg: DictConfig) -> dict:
                           enable_progress_bar=any("ProgressBar" in type(c).__name__ for c in callbacks),
                           **({"max_epochs": -1} if cfg.get("max_samples") else {}), **trainer_overrides(dm.has_val))
     if cfg.get("max_samples"):
-        per_step = dm.batch_size * trainer.world_size  # the real world size, whatever `devices` said
-        trainer.fit_loop.epoch_loop.max_steps = math.ceil(int(cfg.max_samples) / per_step)
-        print(f"budget: {int(cfg.max_samples):,} training samples = {trainer.max_steps:,} steps of {per_step}",
+        plan = dm.batch_plan(trainer.world_size)  # the real world size, whatever `devices` said
+        trainer.fit_loop.epoch_loop.max_steps = plan.first_step_reaching(int(cfg.max_samples))
+        print(f"budget: {int(cfg.max_samples):,} training samples = {trainer.max_steps:,} {plan.describe()}",
               flush=True)
     enable_fast_path(cfg.get("fast"), trainer, model, dm)
     quiet_third_party()  # again: Lightning adds its handlers at import and when the trainer is made

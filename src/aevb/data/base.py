@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
+from aevb.data.batches import BatchPlan
 from aevb.errors import require, require_positive_int
 from aevb.seeds import derived_seed
 
@@ -87,11 +88,13 @@ class ImageDataModule(L.LightningDataModule):
         binarize_seed: int = 0,
         train_eval_size: int = 10000,
         seed: int = 0,
+        drop_last: bool = True,
     ):
         super().__init__()
         require(binarize in BINARIZE, f"data.binarize must be one of {', '.join(BINARIZE)}, got '{binarize}'")
         require_positive_int("data.batch_size", batch_size)
         require_positive_int("data.eval_batch_size", eval_batch_size)
+        require(isinstance(drop_last, bool), f"data.drop_last must be true or false, got {drop_last!r}")
         self.data_dir = data_dir
         self.mirror = mirror
         self.batch_size = batch_size
@@ -100,6 +103,7 @@ class ImageDataModule(L.LightningDataModule):
         self.binarize_seed = binarize_seed
         self.train_eval_size = train_eval_size
         self.seed = seed  # of the training order (see EpochShuffle)
+        self.drop_last = drop_last  # drop each epoch's last partial batch (aevb.data.batches)
         self._resume_position: dict | None = None  # where in its epoch a resumed run continues
         self.splits: dict[str, Tensor] = {}
         self.fast_loop = None  # set by aevb.fast.enable_fast_path
@@ -206,15 +210,22 @@ class ImageDataModule(L.LightningDataModule):
             return 0
         return pos["batches_done"] * self.batch_size if self.trainer.world_size == 1 else 0
 
-    def train_dataloader(self) -> DataLoader:
-        # drop_last keeps every step at exactly M datapoints, so samples_seen = steps * M.
+    def batch_plan(self, world: int | None = None) -> BatchPlan:
+        """How an epoch is cut into steps on ``world`` ranks (default: the trainer's)."""
         require(
-            self.batch_size <= self.n_train,
-            f"data.batch_size ({self.batch_size}) is larger than the training set ({self.n_train})",
+            self.batch_size <= self.n_train or not self.drop_last,
+            f"data.batch_size ({self.batch_size}) is larger than the training set ({self.n_train});"
+            " data.drop_last=false trains on it as one batch",
         )
+        if world is None:
+            world = self.trainer.world_size if self.trainer is not None else 1
+        return BatchPlan(self.n_train, self.batch_size, world, self.drop_last)
+
+    def train_dataloader(self) -> DataLoader:
+        self.batch_plan()  # (refuses a batch larger than the data when drop_last is on)
         if self.fast_loop is not None:  # the fast path (aevb.fast): chunks of steps over device-resident images
             return self.fast_loop.train_batches()
-        return self._loader("train", self.batch_size, shuffle=True, drop_last=True)
+        return self._loader("train", self.batch_size, shuffle=True, drop_last=self.drop_last)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, distributed=True)

@@ -11,10 +11,9 @@ chunk.
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
 
+from aevb.data.batches import BatchPlan
 from aevb.fast.plan import Chunk, ResidentBatches, StopPoints, epoch_batches
 from aevb.fast.self_check import CHECK_STEPS, self_check
 from aevb.fast.step import GraphedStep, Step, WakeSleepStep
@@ -44,8 +43,11 @@ class FastLoop:
     def train_batches(self) -> ResidentBatches:
         return ResidentBatches(self)
 
+    def plan(self) -> BatchPlan:
+        return self.dm.batch_plan(self.trainer.world_size)
+
     def steps_per_epoch(self) -> int:
-        return math.ceil((self.dm.n_train // self.dm.batch_size) / self.trainer.world_size)
+        return self.plan().steps_per_epoch
 
     def val_every(self) -> int | None:
         """Steps between validations, or None for once per epoch (at its end)."""
@@ -62,15 +64,15 @@ class FastLoop:
         from aevb.callbacks import ElboCurve
 
         trainer, model = self.trainer, self.model
-        per_step = self.dm.batch_size * trainer.world_size
+        plan = self.plan()
         callbacks = trainer.callbacks
         return StopPoints(
-            steps_per_epoch=self.steps_per_epoch(), steps_per_call=self.steps_per_call,
+            plan=plan, steps_per_call=self.steps_per_call,
             max_steps=trainer.max_steps, val_every=self.val_every(), val_global=self.val_global,
             ckpt_every=tuple(c._every_n_train_steps for c in callbacks
                              if isinstance(c, ModelCheckpoint) and (c._every_n_train_steps or 0) > 0),
             curves=tuple(c for c in callbacks if isinstance(c, ElboCurve)),
-            samples_per_step=per_step, samples_at_zero=model.samples_seen - trainer.global_step * per_step)
+            samples_at_zero=model.samples_seen - plan.samples(trainer.global_step))
 
     def start_epoch(self, epoch: int) -> None:
         """Put the training images on the device (once) and this epoch's batch indices beside them."""
@@ -79,7 +81,7 @@ class FastLoop:
             self.data = self.dm.splits["train"].to(device)
         trainer = self.trainer
         self.batches = epoch_batches(len(self.data), self.dm.batch_size, self.dm.seed, epoch,
-                                     trainer.world_size, trainer.global_rank).to(device)
+                                     trainer.world_size, trainer.global_rank, self.dm.drop_last).to(device)
 
     # -- training --------------------------------------------------------------------------
     def training_step(self, chunk: Chunk) -> None:
@@ -93,8 +95,11 @@ class FastLoop:
         epoch_loop = self.trainer.fit_loop.epoch_loop
         epoch_loop.manual_optimization.optim_step_progress.increment_by(n)  # global_step: one per optimiser step
         epoch_loop._batches_that_stepped += n - 1  # the loggers' step: Lightning adds the last one after the batch
-        self.model.count_samples(n * self.dm.batch_size)
-        self._fold_metrics(base.sums, n * self.dm.batch_size)
+        plan = self.plan()
+        self.model.samples_seen += plan.samples(chunk.stop) - plan.samples(chunk.start)  # all ranks together
+        # this rank's datapoints, which its running sums are over
+        mine = sum(plan.rank_batch_len(s, self.trainer.global_rank) for s in range(chunk.start, chunk.stop))
+        self._fold_metrics(base.sums, mine)
 
     def ensure_step(self, rows: Tensor | None = None) -> None:
         """Build the step (once); with ``rows`` (the next batches' indices), check a compiled or graphed step
@@ -117,8 +122,18 @@ class FastLoop:
     def base_step(self) -> Step:
         return self.step.step if isinstance(self.step, GraphedStep) else self.step
 
+    def partial(self, chunk: Chunk) -> bool:
+        """The chunk is the epoch's last step with a smaller batch on this rank (data.drop_last=false)."""
+        return self.plan().rank_batch_len(chunk.start, self.trainer.global_rank) < self.dm.batch_size
+
     def run_steps(self, chunk: Chunk) -> int:
         """The chunk's optimiser steps, here; returns how many ran (fewer after a stop signal)."""
+        if self.partial(chunk):  # the epoch's last, smaller batch: a chunk of one step (StopPoints)
+            size = self.plan().rank_batch_len(chunk.start, self.trainer.global_rank)
+            self.ensure_step()
+            base = self.base_step  # eager (or compiled once more for its shape), never a CUDA graph's replay
+            base(self.batches[chunk.start][:size])
+            return 1
         self.ensure_step(self.batches[chunk.start:chunk.stop])
         n = 0
         for rows in self.batches[chunk.start:chunk.stop]:
@@ -129,7 +144,8 @@ class FastLoop:
         return n
 
     def _fold_metrics(self, sums: Tensor, n: int) -> None:
-        """Feed the chunk's mean terms to the same meters the standard loop's ``record`` feeds; no host sync."""
+        """Feed the chunk's mean terms to the same meters the standard loop's ``record`` feeds; no host sync.
+        ``sums``: the terms summed over the chunk's datapoints on this rank, ``n`` of them."""
         model = self.model
         # not finite if any step's term was not: the divergence check (named by the chunk's last step)
         model.divergence.update(model.global_step, sums[1], sums[2])

@@ -5,6 +5,7 @@ one epoch. A chunk never steps over a point where something must happen between 
 a curve point (the grid of every :class:`~aevb.callbacks.ElboCurve`, reached at the same
 ``samples_seen`` as in the standard loop), a validation, a step-interval checkpoint, the
 budget (``max_steps``) or the end of the epoch; and it is at most ``steps_per_call`` long.
+An epoch's smaller last step (``data.drop_last=false``) is a chunk of its own.
 Every stop is a function of the global step alone, so a resumed run cuts the same chunks.
 
 The order of the images is :class:`~aevb.data.base.EpochShuffle`'s, a function of (seed,
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from aevb.data.base import EpochShuffle
+from aevb.data.batches import BatchPlan
 
 
 class Chunk(NamedTuple):
@@ -38,29 +40,35 @@ class Chunk(NamedTuple):
 class StopPoints:
     """The steps a chunk must end at; all counts are optimiser steps (one per batch, as in the standard loop)."""
 
-    steps_per_epoch: int
+    plan: BatchPlan               # how an epoch is cut into steps (its length, the datapoints of each)
     steps_per_call: int
     max_steps: int = -1           # the budget; -1: none
     val_every: int | None = None  # validate after every val_every steps ...
     val_global: bool = False      # ... counted over the whole run (check_val_every_n_epoch=None), else within the epoch
     ckpt_every: tuple[int, ...] = ()  # ModelCheckpoint(every_n_train_steps=...)
     curves: tuple = ()            # ElboCurve callbacks
-    samples_per_step: int = 1     # batch size x world size
-    samples_at_zero: int = 0      # samples_seen at global step 0 (samples_seen - global_step * samples_per_step)
+    samples_at_zero: int = 0      # samples_seen at global step 0 (samples_seen - plan.samples(global_step))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch
 
     def next_stop(self, step: int, epoch_start: int) -> int:
         """The first global step after ``step`` at which the chunk starting at ``step`` must end."""
-        ends = [epoch_start + self.steps_per_epoch, step + self.steps_per_call]
+        last = epoch_start + self.steps_per_epoch
+        ends = [last, step + self.steps_per_call]
+        if self.plan.partial_last_step and step < last - 1:
+            ends.append(last - 1)  # the epoch's smaller last step is a chunk of its own (FastLoop.run_steps)
         if self.max_steps >= 0 and self.max_steps > step:
             ends.append(self.max_steps)
         if self.val_every:
             base = 0 if self.val_global else epoch_start
             ends.append(base + ((step - base) // self.val_every + 1) * self.val_every)
         ends += [(step // n + 1) * n for n in self.ckpt_every]
-        seen = self.samples_at_zero + step * self.samples_per_step
+        seen = self.samples_at_zero + self.plan.samples(step)
         for curve in self.curves:  # the step at which samples_seen first reaches the callback's next point
             point = curve.next_point(seen)
-            ends.append(max(step + 1, math.ceil((point - self.samples_at_zero) / self.samples_per_step)))
+            ends.append(max(step + 1, self.plan.first_step_reaching(point - self.samples_at_zero)))
         return min(ends)
 
     def chunks(self, epoch: int, first_step: int) -> list[Chunk]:
@@ -77,18 +85,22 @@ class StopPoints:
         return out
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world: int = 1, rank: int = 0) -> Tensor:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world: int = 1, rank: int = 0,
+                  drop_last: bool = True) -> Tensor:
     """(steps_per_epoch, batch_size) image indices this rank uses in ``epoch``, in step order.
 
-    The same batches as ``BatchSampler(EpochShuffle(...), batch_size, drop_last=True)``, dealt as
+    The same batches as ``BatchSampler(EpochShuffle(...), batch_size, drop_last)``, dealt as
     Lightning's DistributedSamplerWrapper deals them (rank r takes batches r, r + W, ..., the
-    last round padded from the start of the epoch).
+    last round padded from the start of the epoch). With ``drop_last=False`` the partial batch's
+    row is filled up with the epoch's first indices; only its first ``BatchPlan.batch_len`` are used.
     """
     order = EpochShuffle(n, seed, lambda: epoch).order()
-    n_batches = n // batch_size
+    plan = BatchPlan(n, batch_size, world, drop_last)
+    n_batches = plan.n_batches
+    if n_batches * batch_size > n:  # (the padding is never trained on)
+        order = order.repeat(math.ceil(n_batches * batch_size / n))
     table = order[: n_batches * batch_size].view(n_batches, batch_size)
-    steps = math.ceil(n_batches / world)
-    return table[(torch.arange(steps) * world + rank) % n_batches]
+    return table[(torch.arange(plan.steps_per_epoch) * world + rank) % n_batches]
 
 
 class ResidentBatches:

@@ -144,8 +144,18 @@ class VAEModuleBase(L.LightningModule):
         if self._trainer is not None and self.trainer.state.fn == "fit":
             self.check_finite("before validation")
 
-    def count_samples(self, batch_size: int) -> None:
-        self.samples_seen += batch_size * (self.trainer.world_size if self._trainer is not None else 1)
+    def count_samples(self, batch_size: int, step: int | None = None) -> None:
+        """Add one standard-loop step's datapoints, all ranks together: under DDP with data.drop_last=false the
+        ranks' last batches of an epoch differ in size, so their sum comes from the data's batch plan.
+        ``step``: the global step this one is (default: the steps done so far)."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        plan = getattr(self.trainer.datamodule, "batch_plan", None) if world > 1 else None
+        if plan is None:
+            self.samples_seen += batch_size * world
+        else:
+            plan = plan(world)
+            step = self.global_step if step is None else step
+            self.samples_seen += plan.step_samples(step % plan.steps_per_epoch)
 
     # -- evaluation, identical for every training method ---------------------------------------
     def validation_step(self, x: Tensor, batch_idx: int) -> None:

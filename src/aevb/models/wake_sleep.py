@@ -99,6 +99,7 @@ class WakeSleep(VAEModuleBase):
         if self.fast_loop is not None:  # the fast path (aevb.fast.step.WakeSleepStep): x is a Chunk of steps
             return self.fast_loop.training_step(x)
         opt_dec, opt_enc = self.optimizers()
+        step = self.global_step  # before opt_dec counts this one
         terms = self.wake_terms(x)
         dreams = self.dream(x.shape[0]) if self.phases == "simultaneous" else None
         self._phase_update(self.wake_loss(terms), self.decoder, opt_dec.step)  # opt_dec counts the global step
@@ -110,7 +111,7 @@ class WakeSleep(VAEModuleBase):
 
         self.record("train", terms)  # detached inside: the same training ELBO AEVB records
         self.record_phases(terms.recon.detach(), logq.detach(), x.shape[0])
-        self.count_samples(x.shape[0])
+        self.count_samples(x.shape[0], step)
 
     def record_phases(self, wake_loglik: Tensor, sleep_logq: Tensor, n: int) -> None:
         """The phase objectives per datapoint (values, or a chunk's means over ``n`` datapoints), nats."""

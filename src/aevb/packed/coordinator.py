@@ -114,7 +114,8 @@ class Pack:
         for loop in loops:
             loop.ensure_step()
         chunk = group[0].chunk
-        if len(group) == 1 or not all(packable(loop) for loop in loops):
+        # (an epoch's smaller last batch, data.drop_last=false, is a one-step chunk each member runs itself)
+        if len(group) == 1 or not all(packable(loop) for loop in loops) or any(loop.partial(chunk) for loop in loops):
             for m in group:  # alone, inside the member's own random state
                 with _inside(m.saved):
                     m.result = m.loop.run_steps(m.chunk)
