@@ -98,7 +98,8 @@ class FastLoop:
         plan = self.plan()
         self.model.samples_seen += plan.samples(chunk.stop) - plan.samples(chunk.start)  # all ranks together
         # this rank's datapoints, which its running sums are over
-        mine = sum(plan.rank_batch_len(s, self.trainer.global_rank) for s in range(chunk.start, chunk.stop))
+        # (only an epoch's last step can be smaller, so only the chunk's last step is asked)
+        mine = (n - 1) * self.dm.batch_size + plan.rank_batch_len(chunk.stop - 1, self.trainer.global_rank)
         self._fold_metrics(base.sums, mine)
 
     def ensure_step(self, rows: Tensor | None = None) -> None:
